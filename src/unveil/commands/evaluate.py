@@ -1,0 +1,78 @@
+"""``unveil eval {knn,linear,finetune} RUN``: evaluate a run; prints and saves top-1/top-5."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import require
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run (kNN, linear probe, fine-tune)")
+    kinds = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+
+    knn = kinds.add_parser("knn", help="weighted kNN on frozen features")
+    knn.add_argument("run", help="run directory or .ckpt")
+    knn.add_argument("--k", type=int, default=200)
+    knn.add_argument("--t", type=float, default=0.1, help="temperature")
+    knn.add_argument("--device", default="auto")
+    knn.set_defaults(func=run_knn)
+
+    lin = kinds.add_parser("linear", help="linear probe on frozen, cached features")
+    lin.add_argument("run")
+    lin.add_argument("--epochs", type=int, default=100)
+    lin.add_argument("--lr", type=float, default=1e-3)
+    lin.add_argument("--batch-size", type=int, default=256)
+    lin.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    lin.add_argument("--weight-decay", type=float, default=0.0)
+    lin.add_argument("--device", default="auto")
+    lin.set_defaults(func=run_linear)
+
+    ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
+    ft.add_argument("run")
+    ft.add_argument("--epochs", type=int, default=20)
+    ft.add_argument("--lr", type=float, default=0.01)
+    ft.add_argument("--batch-size", type=int, default=256)
+    ft.add_argument("--optimizer", choices=("sgd", "adamw", "adam", "lars"), default="sgd")
+    ft.add_argument("--weight-decay", type=float, default=1e-4)
+    ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ft.set_defaults(func=run_finetune)
+
+
+def _print(result: dict) -> None:
+    shown = {k: v for k, v in result.items() if k != "history"}
+    print(json.dumps(shown, indent=2))
+
+
+def _positive(name: str, value: float) -> None:
+    require(value > 0, f"--{name} must be > 0, got {value}")
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    from ..eval.protocols import evaluate_knn
+
+    _positive("k", args.k)
+    _positive("t", args.t)
+    _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device))
+    return 0
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    from ..eval.protocols import evaluate_linear
+
+    for name in ("epochs", "lr", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device))
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ..eval.protocols import evaluate_finetune
+
+    for name in ("epochs", "lr", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    _print(evaluate_finetune(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             optimizer=args.optimizer, weight_decay=args.weight_decay, overrides=args.overrides))
+    return 0

@@ -1,0 +1,26 @@
+"""``unveil export RUN -o backbone.safetensors``: the encoder's weights, no pickle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the encoder as safetensors")
+    p.add_argument("run", help="run directory or .ckpt")
+    p.add_argument("-o", "--output", help="output file (default RUN/backbone.safetensors)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_backbone
+    from ..train.checkpoint import load_run, resolve_run
+
+    run_dir, _ = resolve_run(args.run)
+    method, cfg, _ = load_run(args.run, load_data=False)
+    out = Path(args.output) if args.output else run_dir / "backbone.safetensors"
+    spec = getattr(method, "backbone_spec", None)
+    export_backbone(method.backbone, out, {**cfg, "backbone": spec or cfg["backbone"]})
+    print(f"unveil: exported {type(method.backbone).__name__} weights to {out}")
+    return 0

@@ -1,0 +1,75 @@
+"""Export a trained backbone as safetensors (no pickle), and load it back.
+
+ResNet backbones are torchvision's ``ResNet`` with ``fc = Identity``, so the file loads into
+``torchvision.models.resnet18()`` with ``strict=True`` after the same two edits (see
+``torchvision_model``); ``metadata`` records the architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .errors import UserError, require
+from .io import atomic_write
+
+
+def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any]) -> dict[str, str]:
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    meta = {
+        "format": "unveil-backbone/1",
+        "backbone": json.dumps(cfg.get("backbone", {})),
+        "method": json.dumps(cfg.get("method", {})),
+        "num_features": str(getattr(backbone, "num_features", "")),
+        "class": type(backbone).__name__,
+    }
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return meta
+
+
+def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Backbone weights from an exported .safetensors file or an unveil checkpoint/run directory."""
+    path = Path(path)
+    require(path.exists(), f"weights '{path}' not found: give an exported .safetensors file or a run directory")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
+    from .train.checkpoint import load_checkpoint, resolve_run
+
+    _, ckpt = resolve_run(path)
+    model = load_checkpoint(ckpt)["model"]
+    state = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
+    require(bool(state), f"{ckpt} holds no backbone weights")
+    return state
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def torchvision_model(path: str | Path) -> nn.Module:
+    """A plain torchvision ResNet (fc = Identity) holding the exported weights, loaded strictly."""
+    import torchvision
+
+    meta = read_metadata(path)
+    bb = json.loads(meta.get("backbone", "{}"))
+    arch = bb.get("name", "")
+    require(arch in ("resnet18", "resnet34", "resnet50"),
+            f"{path} holds a '{arch}' backbone, which is not a torchvision ResNet; load it with unveil.backbones")
+    model = getattr(torchvision.models, arch)()
+    model.fc = nn.Identity()
+    if bb.get("cifar_stem"):
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    model.load_state_dict(read_backbone_state(path), strict=True)
+    return model

@@ -1,0 +1,70 @@
+"""Methods: one file per method, registered by name.
+
+The method contract (the only thing the engine knows about a method):
+
+* ``backbone``: the module that is evaluated and exported.
+* ``forward(images, labels, generator) -> dict[str, Tensor]`` is the training step:
+  ``images`` is a uint8 batch ``(B, C, H, W)`` already on the training device, ``labels`` a long
+  tensor, ``generator`` the run's seeded ``torch.Generator`` on that device. The method makes its
+  own views and corruptions, and returns ``{"loss": scalar, ...anything worth logging}``.
+  (Training step = ``forward`` so that DistributedDataParallel can wrap the method.)
+* optional ``after_optimizer_step(step, total_steps)``: EMA targets, queues, momentum schedules.
+* ``embed(images) -> Tensor``: features for kNN / linear evaluation from a uint8 batch
+  (the method applies its own deterministic evaluation transform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about its data (sizes, classes, pixel statistics)."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+METHODS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a method available to recipes as ``method: name``."""
+
+    def deco(cls: type) -> type:
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    # Importing the modules runs their @register decorators.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def available() -> list[str]:
+    _import_all()
+    return sorted(METHODS)
+
+
+def build_method(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate a registered method; unknown names get one clear line."""
+    _import_all()
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](**kwargs)

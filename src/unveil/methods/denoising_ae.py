@@ -1,0 +1,148 @@
+"""Denoising ResNet autoencoder: the overlay paper's method and its baselines (methods.md §1).
+
+A training step crops and flips each image (in [0, 1], no normalization: the decoder ends in a
+Sigmoid), corrupts the batch, and regresses the *clean* view with a mean-squared error:
+
+* ``overlay``: x_hat = alpha * x_partner + (1 - alpha) * x, partner drawn from the batch (paper);
+* ``pixel_mask``: zero ``mask_ratio`` of the pixel locations (all channels), the random-mask baseline;
+* ``autoaugment``: torchvision's AutoAugment policy on the input (target: the clean view by
+  default, or the augmented one with ``autoaugment_target="augmented"``);
+* ``none``: a plain autoencoder (as ``overlay`` with alpha = 0).
+
+The encoder is what gets evaluated and exported (``backbone``); features are its pooled map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones.resnet_ae import CONFIGS, UPSAMPLE_MODES, ResNetAEEncoder, ResNetAEDecoder
+from ..errors import UserError, require
+from . import register
+
+CORRUPTIONS = ("overlay", "pixel_mask", "autoaugment", "none")
+PARTNERS = ("perm", "derangement", "with_replacement")
+
+
+def _unknown(kwargs: dict[str, Any], method: str, known: str) -> None:
+    if kwargs:
+        raise UserError(f"unknown setting(s) method.{', method.'.join(sorted(kwargs))} for {method}: known ones are {known}")
+
+
+@register("denoising_ae")
+class DenoisingAE(nn.Module):
+    """ResNet autoencoder trained to undo a corruption (overlay, pixel mask, AutoAugment, none)."""
+
+    def __init__(self, backbone: nn.Module | None = None, data_info: Any = None, arch: str = "resnet50",
+                 cifar: bool | None = None, upsample: str = "transpose", corruption: str = "overlay",
+                 alpha: float | list[float] = 0.3, partner: str = "perm", mask_ratio: float = 0.02,
+                 autoaugment_target: str = "clean", autoaugment_policy: str = "imagenet",
+                 views: dict[str, Any] | None = None, image_size: int | None = None, **kwargs: Any):
+        super().__init__()
+        _unknown(kwargs, "denoising_ae", "arch, cifar, upsample, corruption, alpha, partner, mask_ratio, "
+                 "autoaugment_target, autoaugment_policy, views, image_size")
+        require(arch in CONFIGS, f"method.arch must be one of {', '.join(CONFIGS)}, got {arch!r}")
+        require(upsample in UPSAMPLE_MODES, f"method.upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
+        require(corruption in CORRUPTIONS, f"method.corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
+        require(partner in PARTNERS, f"method.partner must be one of {', '.join(PARTNERS)}, got {partner!r}")
+        require(autoaugment_target in ("clean", "augmented"),
+                f"method.autoaugment_target must be clean or augmented, got {autoaugment_target!r}")
+        alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha]
+        require(all(0 <= a < 0.5 for a in alphas),
+                f"method.alpha must lie in [0, 0.5) so the image itself dominates, got {alpha!r}")
+        require(0 <= mask_ratio < 1, f"method.mask_ratio is a fraction in [0, 1), got {mask_ratio!r}")
+        size = image_size or getattr(data_info, "image_size", None) or (32 if cifar in (None, True) else 224)
+        if cifar is None:
+            cifar = size <= 64
+        # Both halves reconstruct at the input size only when it is a multiple of the total stride.
+        stride = 8 if cifar else 32
+        require(size % stride == 0, f"image size {size} must be a multiple of {stride} for the "
+                f"{'CIFAR' if cifar else 'ImageNet'}-style autoencoder: set method.image_size or data.image_size")
+        self.arch, self.cifar, self.upsample, self.image_size = arch, bool(cifar), upsample, int(size)
+        self.corruption, self.partner, self.mask_ratio = corruption, partner, float(mask_ratio)
+        self.alpha = tuple(alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
+        self.autoaugment_target, self.autoaugment_policy = autoaugment_target, autoaugment_policy
+        self.view_overrides = {"normalize": False, **(views or {})}
+
+        # Reuse the engine's backbone when the recipe's backbone section names the same AE encoder.
+        if isinstance(backbone, ResNetAEEncoder):
+            require((backbone.arch, backbone.cifar) == (arch, self.cifar),
+                    f"backbone is ae_{backbone.arch} (cifar_stem={backbone.cifar}) but method.arch={arch}, "
+                    f"cifar={self.cifar}: make the backbone section match the method section")
+            self.encoder = backbone
+        else:
+            self.encoder = ResNetAEEncoder(arch, self.cifar)
+        self.decoder = ResNetAEDecoder(arch, self.cifar, upsample)
+        self._views: Any = None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    @property
+    def backbone_spec(self) -> dict[str, Any]:
+        """``build_backbone`` arguments that rebuild :attr:`backbone` (for export / evaluation)."""
+        return {"name": f"ae_{self.arch}", "cifar_stem": self.cifar}
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def make_views(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Random resized crop + flip, float in [0, 1] (built lazily: views may change per run)."""
+        if self._views is None:
+            from ..views import ViewPipeline, view_preset
+
+            self._views = ViewPipeline(view_preset("crop-flip", self.image_size, **self.view_overrides))
+        return self._views(images, generator)
+
+    def eval_view(self, images: Tensor) -> Tensor:
+        from ..views import eval_transform
+
+        return eval_transform(images, self.image_size, None, None, normalize=False)
+
+    def corrupt(self, clean: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(input, target) for the configured corruption; inputs and targets in [0, 1]."""
+        if self.corruption == "overlay":
+            from ..corruptions.overlay import paired_overlay
+
+            return paired_overlay(clean, self.alpha, generator, partner=self.partner).images, clean
+        if self.corruption == "pixel_mask":
+            from ..corruptions.pixel_mask import random_pixel_mask
+
+            return random_pixel_mask(clean, self.mask_ratio, generator).images, clean
+        if self.corruption == "autoaugment":
+            from ..corruptions.autoaugment import autoaugment
+
+            augmented = autoaugment(clean, generator, policy=self.autoaugment_policy)
+            return augmented, (clean if self.autoaugment_target == "clean" else augmented)
+        return clean, clean
+
+    def reconstruct_from(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder.forward_map(x))
+
+    # -- method contract ----------------------------------------------------------------------
+
+    def forward(self, images: Tensor, labels: Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        require(generator is not None, "denoising_ae needs a torch.Generator for its views and corruption")
+        clean = self.make_views(images, generator)
+        corrupted, target = self.corrupt(clean, generator)
+        recon = self.reconstruct_from(corrupted)
+        loss = F.mse_loss(recon.float(), target.float())
+        with torch.no_grad():
+            input_mse = F.mse_loss(corrupted.float(), target.float())  # what "copy the input" would score
+        return {"loss": loss, "input_mse": input_mse}
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Pooled encoder features of the deterministic evaluation view (pixels in [0, 1])."""
+        return self.encoder(self.eval_view(images))
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(clean, corrupted, reconstruction) of the evaluation view, for figures."""
+        clean = self.eval_view(images)
+        corrupted, _ = self.corrupt(clean, generator)
+        return clean, corrupted, self.reconstruct_from(corrupted).float().clamp(0, 1)

@@ -1,0 +1,51 @@
+"""SimCLR (Chen et al., 2020): two augmented views, a projection MLP, NT-Xent.
+
+The foundation's reference method; MSCN later adds masks to its views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..losses.ntxent import nt_xent
+from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
+from . import DataInfo, register
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                               nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=not last_bn)]
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+@register("simclr")
+class SimCLR(nn.Module):
+    def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
+                 proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,
+                 view_preset_name: str | None = None, **unused: Any):
+        super().__init__()
+        if unused:
+            raise TypeError(f"unknown simclr settings: {', '.join(unused)}")
+        self.backbone = backbone
+        self.data_info = data_info
+        self.temperature = temperature
+        self.projector = projection_mlp(backbone.num_features, proj_hidden_dim, proj_dim)
+        preset = view_preset_name or default_preset_for(data_info.name)
+        self.views = ViewPipeline(view_preset(preset, data_info.image_size, mean=tuple(data_info.mean),
+                                              std=tuple(data_info.std), **(views or {})))
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        v1, v2 = self.views(images, generator), self.views(images, generator)
+        z = self.projector(self.backbone(torch.cat([v1, v2])))
+        z1, z2 = z.chunk(2)
+        return {"loss": nt_xent(z1, z2, self.temperature)}
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        info = self.data_info
+        return self.backbone(eval_transform(images, info.image_size, info.mean, info.std))

@@ -1,0 +1,47 @@
+"""Supervised training (baseline, and the fine-tuning protocol): backbone + linear head, cross-entropy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..views import ViewPipeline, eval_transform, view_preset
+from . import DataInfo, register
+
+
+@register("supervised")
+class Supervised(nn.Module):
+    def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,
+                 view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
+                 **unused: Any):
+        super().__init__()
+        if unused:
+            raise TypeError(f"unknown supervised settings: {', '.join(unused)}")
+        self.backbone = backbone
+        self.data_info = data_info
+        self.normalize = normalize
+        self.label_smoothing = label_smoothing
+        self.head = nn.Linear(backbone.num_features, data_info.num_classes)
+        self.views = ViewPipeline(view_preset(view_preset_name, data_info.image_size, mean=tuple(data_info.mean),
+                                              std=tuple(data_info.std), normalize=normalize, **(views or {})))
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        logits = self.head(self.backbone(self.views(images, generator)))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(1) == labels).float().mean() * 100
+        return {"loss": loss, "train_acc": acc}
+
+    def _eval_input(self, images: Tensor) -> Tensor:
+        info = self.data_info
+        return eval_transform(images, info.image_size, info.mean, info.std, normalize=self.normalize)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return self.backbone(self._eval_input(images))
+
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(self._eval_input(images)))

@@ -1,0 +1,48 @@
+"""Shared fixtures: paths to real data, a tiny synthetic image folder, single-threaded torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR10 = Path(os.environ.get("UNVEIL_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def cifar10_dir() -> Path:
+    if not (SHARED_CIFAR10 / "train.parquet").is_file():
+        pytest.skip(f"CIFAR-10 Parquet files not found at {SHARED_CIFAR10} (set UNVEIL_CIFAR10)")
+    return SHARED_CIFAR10
+
+
+@pytest.fixture
+def fashion_mnist() -> Path:
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST
+
+
+@pytest.fixture
+def tiny_folder(tmp_path_factory) -> Path:
+    """A 2-class ImageFolder of 96 16x16 images whose classes differ in colour (learnable)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("tiny")
+    g = torch.Generator().manual_seed(0)
+    for cls, base in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        (root / cls).mkdir()
+        for i in range(48):
+            noise = torch.randint(-40, 40, (16, 16, 3), generator=g)
+            arr = (torch.tensor(base) + noise).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / cls / f"{i}.png")
+    return root
