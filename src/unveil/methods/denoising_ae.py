@@ -9,7 +9,10 @@ Sigmoid), corrupts the batch, and regresses the *clean* view with a mean-squared
   default, or the augmented one with ``autoaugment_target="augmented"``);
 * ``none``: a plain autoencoder (as ``overlay`` with alpha = 0).
 
-The encoder is what gets evaluated and exported (``backbone``); features are its pooled map.
+The encoder is what gets evaluated and exported (``backbone``); features are its pooled map. The
+method builds its own encoder from ``arch``/``cifar``; when the recipe's backbone section names the
+same AE encoder (``ae_resnet18`` with the same ``cifar_stem``), that module is used instead, and a
+mismatch is an error rather than a silent choice. Any other backbone passed in is ignored.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones.resnet_ae import CONFIGS, UPSAMPLE_MODES, ResNetAEEncoder, ResNetAEDecoder
+from ..backbones.resnet_ae import CONFIGS, UPSAMPLE_MODES, ResNetAEDecoder, ResNetAEEncoder
+from ..corruptions.autoaugment import POLICIES, autoaugment
+from ..corruptions.overlay import PARTNER_MODES, check_alpha, paired_overlay
+from ..corruptions.pixel_mask import random_pixel_mask
 from ..errors import UserError, require
+from ..views import ViewPipeline, eval_transform, view_preset
 from . import register
 
 CORRUPTIONS = ("overlay", "pixel_mask", "autoaugment", "none")
-PARTNERS = ("perm", "derangement", "with_replacement")
 
 
 def _unknown(kwargs: dict[str, Any], method: str, known: str) -> None:
@@ -48,13 +54,14 @@ class DenoisingAE(nn.Module):
         require(arch in CONFIGS, f"method.arch must be one of {', '.join(CONFIGS)}, got {arch!r}")
         require(upsample in UPSAMPLE_MODES, f"method.upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
         require(corruption in CORRUPTIONS, f"method.corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
-        require(partner in PARTNERS, f"method.partner must be one of {', '.join(PARTNERS)}, got {partner!r}")
+        require(partner in PARTNER_MODES, f"method.partner must be one of {', '.join(PARTNER_MODES)}, got {partner!r}")
+        require(autoaugment_policy in POLICIES,
+                f"method.autoaugment_policy must be one of {', '.join(POLICIES)}, got {autoaugment_policy!r}")
         require(autoaugment_target in ("clean", "augmented"),
                 f"method.autoaugment_target must be clean or augmented, got {autoaugment_target!r}")
-        alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha]
-        require(all(0 <= a < 0.5 for a in alphas),
-                f"method.alpha must lie in [0, 0.5) so the image itself dominates, got {alpha!r}")
-        require(0 <= mask_ratio < 1, f"method.mask_ratio is a fraction in [0, 1), got {mask_ratio!r}")
+        check_alpha(alpha)  # a number (or [lo, hi] range) in [0, 0.5): the image itself dominates
+        require(isinstance(mask_ratio, (int, float)) and 0 <= mask_ratio < 1,
+                f"method.mask_ratio is a fraction in [0, 1) (0.02 = 2 % of the pixels), got {mask_ratio!r}")
         size = image_size or getattr(data_info, "image_size", None) or (32 if cifar in (None, True) else 224)
         if cifar is None:
             cifar = size <= 64
@@ -66,7 +73,9 @@ class DenoisingAE(nn.Module):
         self.corruption, self.partner, self.mask_ratio = corruption, partner, float(mask_ratio)
         self.alpha = tuple(alpha) if isinstance(alpha, (list, tuple)) else float(alpha)
         self.autoaugment_target, self.autoaugment_policy = autoaugment_target, autoaugment_policy
-        self.view_overrides = {"normalize": False, **(views or {})}
+        require(not (views or {}).get("normalize", False),
+                "method.views.normalize must stay false: the decoder's Sigmoid reconstructs pixels in [0, 1]")
+        self.view_overrides = {**(views or {}), "normalize": False}
 
         # Reuse the engine's backbone when the recipe's backbone section names the same AE encoder.
         if isinstance(backbone, ResNetAEEncoder):
@@ -77,7 +86,7 @@ class DenoisingAE(nn.Module):
         else:
             self.encoder = ResNetAEEncoder(arch, self.cifar)
         self.decoder = ResNetAEDecoder(arch, self.cifar, upsample)
-        self._views: Any = None
+        self.views = ViewPipeline(view_preset("crop-flip", self.image_size, **self.view_overrides))
 
     @property
     def backbone(self) -> nn.Module:
@@ -91,31 +100,19 @@ class DenoisingAE(nn.Module):
     # -- pieces -------------------------------------------------------------------------------
 
     def make_views(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Random resized crop + flip, float in [0, 1] (built lazily: views may change per run)."""
-        if self._views is None:
-            from ..views import ViewPipeline, view_preset
-
-            self._views = ViewPipeline(view_preset("crop-flip", self.image_size, **self.view_overrides))
-        return self._views(images, generator)
+        """Random resized crop (scale 0.2-1) + flip, float in [0, 1]."""
+        return self.views(images, generator)
 
     def eval_view(self, images: Tensor) -> Tensor:
-        from ..views import eval_transform
-
         return eval_transform(images, self.image_size, None, None, normalize=False)
 
     def corrupt(self, clean: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(input, target) for the configured corruption; inputs and targets in [0, 1]."""
         if self.corruption == "overlay":
-            from ..corruptions.overlay import paired_overlay
-
             return paired_overlay(clean, self.alpha, generator, partner=self.partner).images, clean
         if self.corruption == "pixel_mask":
-            from ..corruptions.pixel_mask import random_pixel_mask
-
             return random_pixel_mask(clean, self.mask_ratio, generator).images, clean
         if self.corruption == "autoaugment":
-            from ..corruptions.autoaugment import autoaugment
-
             augmented = autoaugment(clean, generator, policy=self.autoaugment_policy)
             return augmented, (clean if self.autoaugment_target == "clean" else augmented)
         return clean, clean

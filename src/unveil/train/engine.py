@@ -89,6 +89,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
     rank, world = dist.rank(), dist.world_size()
     precision = pick_precision(t["precision"], device)
 
+    if cfg["method"]["name"] not in method_registry.available():
+        method_registry.build_method(cfg["method"]["name"])  # raises the one-line "unknown method" error
     ckpt_state = None
     if resume is not None:
         run_dir = Path(resume)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,10 @@ class ViewConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        # Recipes (YAML / omegaconf) hand over lists; store tuples so configs compare and hash alike.
+        # Recipes (YAML / omegaconf ListConfig) hand over lists; store tuples so configs compare and hash alike.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, list | tuple):
+            if isinstance(value, Sequence) and not isinstance(value, str):
                 require(
                     all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
                     f"views.{f.name} must be a list of numbers, got {value!r}",

@@ -1,16 +1,17 @@
 """Batched SSL view ops: ``(B, C, H, W)`` float in [0, 1] in, same out, per-sample random parameters.
 
-Every random op takes a ``torch.Generator`` and draws all its randomness from it in one call, on
-the generator's device (so a CUDA generator never syncs with the host). The results move to the
-images' device. No op loops over images in Python and none calls ``.item()``.
+Every random op takes a ``torch.Generator`` and draws all its randomness from it, on the
+generator's device (so a CUDA generator never syncs with the host); the draws then move to the
+images' device. No op loops over images in Python and none calls ``.item()`` (only the CPU blur
+path picks its samples with ``nonzero``, where there is no device to wait for).
 All maths runs in float32 with autocast off, so the ops give the same result inside a bf16
-autocast region. The deterministic kernels (``resized_crop``, ``adjust_*``, ``blur``) take
-per-sample parameter tensors; the tests compare them with torchvision.
+autocast region; channels_last inputs work as they are. The deterministic kernels
+(``resized_crop``, ``adjust_*``, ``blur``) take per-sample parameter tensors; the tests compare
+them with torchvision. The colour ops live in ``color.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -18,32 +19,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+from ._base import col, no_autocast, owned, rand, to_device, to_float
+from .color import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    random_grayscale,
+    rgb_to_grayscale,
+)
 
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Turn autocast off on ``device``: views are computed in float32 whatever the caller's region."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [0, 1] in one pass (float input is only cast to float32)."""
-    if images.dtype == torch.uint8:
-        return images.mul(1.0 / 255.0)  # a float scalar promotes uint8 to float32 in one kernel
-    return images.float()
-
-
-def _rand(generator: torch.Generator, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Uniform [0, 1) drawn on the generator's device, then moved to ``device`` without a sync."""
-    u = torch.rand(shape, generator=generator, device=generator.device)
-    return u.to(device, non_blocking=True)
-
-
-def _col(v: Tensor) -> Tensor:
-    """(B,) -> (B, 1, 1, 1) for broadcasting per-sample parameters over images."""
-    return v.view(-1, 1, 1, 1)
+__all__ = [
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "blur",
+    "blur_kernel_size",
+    "color_jitter",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "no_autocast",
+    "normalize",
+    "random_grayscale",
+    "random_horizontal_flip",
+    "random_resized_crop",
+    "resized_crop",
+    "rgb_to_grayscale",
+    "sample_crop_boxes",
+    "to_float",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,27 +98,34 @@ def sample_crop_boxes(
     top = torch.where(found, top, float((height - fh) // 2))
     left = torch.where(found, left, float((width - fw) // 2))
     boxes = torch.stack([top, left, h, w], dim=1)
-    return boxes if device is None else boxes.to(device, non_blocking=True)
+    return boxes if device is None else to_device(boxes, device)
 
 
 def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
-    """Crop every image to its box (top, left, h, w) and resize to ``size`` x ``size``, bilinear,
-    in ONE ``grid_sample`` for the whole batch; ``flip`` (bool, (B,)) mirrors a sample by a
-    negative x scale in its affine matrix, so flipping costs nothing."""
+    """Crop every image to its box (top, left, h, w) and resize it to ``size`` x ``size`` in ONE
+    bilinear ``grid_sample`` for the whole batch; ``flip`` (bool, (B,)) mirrors a sample by
+    reversing its x sampling positions, so the flip costs nothing.
+
+    The grid is built separably (the boxes are axis-aligned) with torchvision's sampling positions,
+    clamped to the box: the result equals ``resized_crop(..., antialias=False)`` up to float
+    rounding. There is no antialiasing, which only matters when a crop is much larger than
+    ``size``; torchvision's ``roi_align`` would average instead, but is slower here (see bench)."""
     with no_autocast(x.device):
         x = x.float()
-        b, c, height, width = x.shape
-        boxes = boxes.to(device=x.device, dtype=torch.float32)
-        top, left, h, w = boxes.unbind(dim=1)
-        sx, sy = w / width, h / height
-        if flip is not None:
-            sx = torch.where(flip.to(x.device), -sx, sx)
-        # Output pixel centre u in normalised coords maps to left + (u + 1) w / 2 in the image.
-        tx = (2 * left + w) / width - 1
-        ty = (2 * top + h) / height - 1
-        zero = torch.zeros_like(sx)
-        theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
-        grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+        b, _, height, width = x.shape
+        top, left, h, w = boxes.to(device=x.device, dtype=torch.float32).unbind(dim=1)
+        pos = torch.arange(size, device=x.device, dtype=torch.float32).expand(b, size)
+        xpos = pos if flip is None else torch.where(flip.to(x.device).view(-1, 1), size - 1 - pos, pos)
+
+        def axis(p: Tensor, start: Tensor, length: Tensor, full: int) -> Tensor:
+            # Pixel centre of output p in the crop (align_corners=False), clamped, in [-1, 1] coords.
+            src = ((p + 0.5) * (length / size).view(-1, 1) - 0.5).clamp_(min=0.0)
+            src = torch.minimum(src, (length - 1).view(-1, 1)) + start.view(-1, 1)
+            return (2.0 * src + 1.0) / full - 1.0
+
+        gx = axis(xpos, left, w, width).view(b, 1, size).expand(b, size, size)
+        gy = axis(pos, top, h, height).view(b, size, 1).expand(b, size, size)
+        grid = torch.stack([gx, gy], dim=-1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -127,111 +140,14 @@ def random_resized_crop(
     """RandomResizedCrop (+ RandomHorizontalFlip with ``flip_p``, folded into the same resample)."""
     b, _, height, width = x.shape
     boxes = sample_crop_boxes(b, height, width, scale, ratio, generator, x.device)
-    flip = _rand(generator, (b,), x.device) < flip_p if flip_p > 0 else None
+    flip = rand(generator, (b,), x.device) < flip_p if flip_p > 0 else None
     return resized_crop(x, boxes, size, flip)
 
 
 def random_horizontal_flip(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Mirror each sample with probability ``p`` (standalone; the pipeline folds it into the crop)."""
-    flip = _rand(generator, (x.shape[0],), x.device) < p
-    return torch.where(_col(flip), x.flip(-1), x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Colour
-# ---------------------------------------------------------------------------------------------
-
-
-def rgb_to_grayscale(x: Tensor) -> Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma with torchvision's weights."""
-    r, g, b = x.unbind(dim=1)
-    return r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
-
-
-def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    f = _col(factor)
-    return (x * f + other * (1.0 - f)).clamp_(0.0, 1.0)
-
-
-def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Scale intensities by a per-sample factor (B,), clamped to [0, 1]."""
-    return (x * _col(factor)).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with the mean of its grayscale, per-sample factor (B,)."""
-    return _blend(x, rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
-
-
-def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with its own grayscale, per-sample factor (B,)."""
-    return _blend(x, rgb_to_grayscale(x), factor)
-
-
-def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate hue by a per-sample ``shift`` (B,) in turns, in [-0.5, 0.5]: an exact HSV hue shift.
-
-    Why HSV and not a YIQ rotation: YIQ is one 3x3 matmul but a different colour change (up to
-    ~0.1 off torchvision's ``adjust_hue`` on saturated colours), while this fused HSV round trip
-    keeps V = max and V - min and is within 1e-5 of torchvision; it costs ~20 elementwise passes
-    (see benchmarks/bench_views.py). The HSV -> RGB step uses the closed form
-    ``c = max - (max - min) * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``, n = 5, 3, 1."""
-    minc, maxc = torch.aminmax(x, dim=1, keepdim=True)
-    delta = maxc - minc
-    rgbc = (maxc - x) / torch.where(delta > 0, delta, 1.0)  # distances to max, in units of delta
-    rc, gc, bc = rgbc.unbind(dim=1)
-    r, g, _ = x.unbind(dim=1)
-    m = maxc.squeeze(1)
-    hue6 = torch.where(m == r, bc - gc, torch.where(m == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue6 = hue6.unsqueeze(1) + 6.0 * _col(shift)
-    offsets = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)
-    k = torch.remainder(hue6 + offsets, 6.0)
-    return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-
-
-def color_jitter(
-    x: Tensor,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    hue: float,
-    p: float,
-    generator: torch.Generator,
-) -> Tensor:
-    """ColorJitter applied to each sample with probability ``p``; factors drawn per sample,
-    brightness/contrast/saturation from [max(0, 1 - s), 1 + s] and hue from [-h, h].
-
-    Unlike torchvision, the order is FIXED (brightness, contrast, saturation, hue) instead of a
-    fresh random permutation per image: one order keeps the batch vectorised. A strength of 0
-    skips that op, as in torchvision. Unjittered samples get identity factors (exact no-ops)."""
-    b = x.shape[0]
-    with no_autocast(x.device):
-        x = x.float()
-        u = _rand(generator, (b, 5), x.device)
-        on = u[:, 4] < p
-
-        def factor(col: int, strength: float) -> Tensor:
-            lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-            return torch.where(on, lo + (hi - lo) * u[:, col], 1.0)
-
-        if brightness > 0:
-            x = adjust_brightness(x, factor(0, brightness))
-        if contrast > 0:
-            x = adjust_contrast(x, factor(1, contrast))
-        if saturation > 0:
-            x = adjust_saturation(x, factor(2, saturation))
-        if hue > 0:
-            shift = torch.where(on, hue * (2.0 * u[:, 3] - 1.0), 0.0)
-            x = torch.where(_col(on), adjust_hue(x, shift), x)
-        return x
-
-
-def random_grayscale(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
-    """Replace each sample by its 3-channel grayscale with probability ``p``."""
-    with no_autocast(x.device):
-        x = x.float()
-        gray = _rand(generator, (x.shape[0],), x.device) < p
-        return torch.where(_col(gray), rgb_to_grayscale(x).expand_as(x), x)
+    flip = rand(generator, (x.shape[0],), x.device) < p
+    return torch.where(col(flip), x.flip(-1), x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,20 +184,39 @@ def gaussian_blur(
     sigma: Sequence[float],
     p: float,
     generator: torch.Generator,
+    inplace: bool = False,
 ) -> Tensor:
     """GaussianBlur applied with probability ``p``, sigma ~ U(sigma[0], sigma[1]) per sample.
-    Unblurred samples get sigma 1e-3, whose kernel is exactly (0, .., 1, .., 0): an exact no-op
-    that keeps shapes static and needs no device sync to pick the blurred samples."""
-    u = _rand(generator, (x.shape[0], 2), x.device)
-    sig = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
-    return blur(x, kernel_size, torch.where(u[:, 1] < p, sig, 1e-3))
+
+    Taps beyond 4 sigma_max (under 1e-4 of the mass) are dropped: with SimCLR's 23-tap kernel at
+    224 px and sigma <= 2 that is 17 taps, within 1e-4 of torchvision. On an accelerator every
+    sample is convolved and the unblurred ones are taken back from ``x`` (a ``where``, so that
+    shapes stay static, nothing syncs with the host, and a TF32 convolution cannot touch them). On
+    CPU there is nothing to sync with, so only the chosen samples are blurred."""
+    with no_autocast(x.device):
+        kernel_size = min(kernel_size, 2 * math.ceil(4 * sigma[1]) + 1)
+        u = rand(generator, (x.shape[0], 2), x.device)
+        on = u[:, 1] < p
+        sig = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
+        if x.device.type != "cpu":
+            return torch.where(col(on), blur(x, kernel_size, sig), x)
+        x = owned(x, inplace)
+        idx = on.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return x
+        return x.index_copy_(0, idx, blur(x.index_select(0, idx), kernel_size, sig[idx]))
 
 
-def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+def normalize(
+    x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, inplace: bool = False
+) -> Tensor:
     """(x - mean) / std per channel."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x.float() - mean_t) / std_t
+    with no_autocast(x.device):
+        if inplace and x.dtype == torch.float32 and x.stride(1) != 0:
+            return x.sub_(mean_t).div_(std_t)
+        return (x.float() - mean_t).div_(std_t)
 
 
 def blur_kernel_size(size: int, frac: float) -> int:

@@ -61,17 +61,18 @@ class ViewPipeline(nn.Module):
                 x = x.expand(-1, 3, -1, -1)
             if not self._crop_is_noop(x.shape[2], x.shape[3]):
                 x = ops.random_resized_crop(x, cfg.size, cfg.crop_scale, cfg.crop_ratio, generator, cfg.flip_p)
+            elif x.data_ptr() == images.data_ptr() or x.stride(1) == 0:
+                x = x.clone()  # the ops below write into x: never into the caller's tensor
+            # From here on x is our own buffer, so every op works in place (see _base.owned).
             if cfg.jitter_p > 0 and max(cfg.jitter) > 0:
-                x = ops.color_jitter(x, *cfg.jitter, p=cfg.jitter_p, generator=generator)
+                x = ops.color_jitter(x, *cfg.jitter, p=cfg.jitter_p, generator=generator, inplace=True)
             if cfg.gray_p > 0:
-                x = ops.random_grayscale(x, cfg.gray_p, generator)
+                x = ops.random_grayscale(x, cfg.gray_p, generator, inplace=True)
             if cfg.blur_p > 0:
-                x = ops.gaussian_blur(x, self.blur_kernel, cfg.blur_sigma, cfg.blur_p, generator)
+                x = ops.gaussian_blur(x, self.blur_kernel, cfg.blur_sigma, cfg.blur_p, generator, inplace=True)
             if cfg.normalize:
                 mean, std = self._mean_std(x.device)
-                x = (x - mean) / std
-            elif x.data_ptr() == images.data_ptr():
-                x = x.clone()  # float input with nothing to do: never hand back the caller's tensor
+                x = x.sub_(mean).div_(std)
             return x
 
 

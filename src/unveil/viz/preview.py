@@ -1,5 +1,230 @@
-"""Placeholder: replaced by the module's owner."""
+"""``unveil preview``: a grid PNG of clean / corrupted images, to check a corruption at a glance.
+
+    unveil preview overlay --alpha 0.3 --partner derangement --data cifar10 -o overlay.png
+    unveil preview mscn --branch-a "{ratio: 0.3}" --num-masks 2 --data cifar10 -o mscn.png
+    unveil preview --list
+
+Parameter values are read as YAML scalars, lists or mappings. Two-view corruptions (MSCN, MixDet)
+get the horizontal flip of the batch as their second view. MSCN and the high-pass filter see
+ImageNet-normalised images, as in training; their rows show zero as grey.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import yaml
+from PIL import Image
+from torch import Tensor
+
+from ..corruptions import CORRUPTIONS, build_corruption, corruption_params, describe
+from ..corruptions.context import ContextPatches
+from ..errors import UserError, require
+from .grid import (
+    draw_boxes,
+    grid_lines,
+    labelled_grid,
+    mask_image,
+    save_png,
+    signed_image,
+    to_display,
+    upscale,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESERVED = {"list", "data", "n", "seed", "image_size", "output", "corruption", "cell"}
+Row = tuple[str, Tensor, "Tensor | None"]  # label, images (n, 3, h, w), optional box to outline
+
+
+def normalise(x: Tensor) -> Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _overlay(c, x, g, cell) -> tuple[list[Row], str]:
+    r = c(x, g)
+    alphas = ", ".join(f"{a:.2f}" for a in r.alpha.tolist())
+    rows = [("clean x_i", x, None), ("partner x_j", x[r.partner], None), ("overlay\na·x_j + (1-a)·x_i", r.images, None)]
+    return rows, f"partners {r.partner.tolist()}; a = {alphas}"
+
+
+def _pixel_mask(c, x, g, cell) -> tuple[list[Row], str]:
+    r = c(x, g)
+    rows = [("clean", x, None), ("mask\n(white = masked)", mask_image(r.mask), None), ("masked", r.images, None)]
+    return rows, f"measured ratio {r.mask.float().mean():.4f}"
+
+
+def _autoaugment(c, x, g, cell) -> tuple[list[Row], str]:
+    return [("clean", x, None), ("AutoAugment", c(x, g), None)], "one sub-policy per image"
+
+
+def _mosaic(r: ContextPatches, k: int, cell: int, gap: int = 3) -> Tensor:
+    """The 8 neighbours of patch k around the target patch (red frame) in a 3×3 layout."""
+    n = r.patches.shape[0]
+    tile = (cell - 2 * gap) // 3
+    canvas = torch.full((n, 3, cell, cell), 0.6)
+    slots = [0, 1, 2, 3, 5, 6, 7, 8]  # NW N NE W (target) E SW S SE
+    pieces = {s: to_display(r.neighbours[:, k, i]) for i, s in enumerate(slots)}
+    pieces[4] = to_display(r.patches[:, k])
+    for slot, img in pieces.items():
+        top, left = (slot // 3) * (tile + gap), (slot % 3) * (tile + gap)
+        t = upscale(img, tile)
+        if slot == 4:
+            t = draw_boxes(t, (0, tile, 0, tile), width=2)
+        canvas[:, :, top : top + tile, left : left + tile] = t
+    return canvas
+
+
+def _context(c, x, g, cell) -> tuple[list[Row], str]:
+    r = c(x)
+    grid = c.grid
+    interior = grid + 1 if grid > 2 else 0
+    rows = [(f"image, {grid}x{grid} grid", grid_lines(upscale(x, cell), grid), None)]
+    for k in dict.fromkeys((0, interior)):
+        rows.append((f"patch {k}: target (red)\nand its 8 neighbours\n(black = zero patch)", _mosaic(r, k, cell), None))
+    return rows, "neighbour order NW N NE W E SW S SE"
+
+
+def _high_pass(c, x, g, cell) -> tuple[list[Row], str]:
+    hp = c(normalise(x))
+    return [("clean", x, None), ("high-pass\n(grey = 0)", signed_image(hp), None)], "ImageNet-normalised input"
+
+
+def _mscn(c, x, g, cell) -> tuple[list[Row], str]:
+    v1, v2 = normalise(x), normalise(x.flip(-1))
+    out = c(v1, v2, g)
+    hp = (c.filter(v1), c.filter(v2))
+    scale = float(torch.quantile(hp[0].abs().flatten(), 0.99))
+    n, rows, notes = x.shape[0], [], []
+    for v, (view, branch) in enumerate(zip(out, ("A", "B"))):
+        rows.append((f"view {v + 1} high-pass", signed_image(hp[v], scale), None))
+        for k in range(c.num_masks):
+            sl = slice(k * n, (k + 1) * n)
+            rows.append((f"branch {branch} masked #{k + 1}", signed_image(view.images[sl], scale), None))
+            rows.append((f"mask {branch} #{k + 1}\n(coloured = per\nchannel)", mask_image(view.mask[sl]), None))
+        kinds = "".join("-" if not a else ("F" if f else "G") for a, f in zip(view.applied[:n], view.focal[:n]))
+        notes.append(f"{branch}: {kinds}")
+    return rows, "view 2 = h-flip; mask #1 per image (F focal, G grid, - none): " + ", ".join(notes)
+
+
+def _token_mask(c, x, g, cell) -> tuple[list[Row], str]:
+    r = c(x, g)
+    gh, gw = c.grid(x.shape[-2], x.shape[-1])
+    m = r.mask.view(-1, 1, gh, gw).bool()
+    m = m.repeat_interleave(c.patch_size, 2).repeat_interleave(c.patch_size, 3)
+    rows = [("clean", x, None), ("mask\n(white = masked)", mask_image(m), None),
+            ("visible patches", x.masked_fill(m, 0.5), None)]
+    return rows, f"{gh}x{gw} tokens, {int(r.mask[0].sum())} masked per image"
+
+
+def _unmix(c, x, g, cell) -> tuple[list[Row], str]:
+    r = c(x, g)
+    rows = [("x", x, None), ("partner flip(x, 0)", x.flip(0), None), (f"mixed ({r.kind})", r.images, r.box)]
+    return rows, f"kind {r.kind}, lam {r.lam:.3f}"
+
+
+def _between(c, x, g, cell) -> tuple[list[Row], str]:
+    x2 = x.flip(-1)
+    r = c(x, x2, g)
+    rows = [("view 1", x, r.box), ("view 2 (h-flip)", x2, r.box),
+            ("x1M: view 1, box\nfrom view 2", r.x1, r.box), ("x2M: view 2, box\nfrom view 1", r.x2, r.box)]
+    return rows, f"lam {r.lam:.3f}"
+
+
+def _within(c, x, g, cell) -> tuple[list[Row], str]:
+    x2 = x.flip(-1)
+    r = c(x, x2, g)
+    rows = [("view 1", x, None), ("flip(view 1, 0)", x.flip(0), None), ("mixed1", r.mixed1, r.box1),
+            ("view 2 (h-flip)", x2, None), ("mixed2: box from\nflip(view 2, 0)", r.mixed2, r.box2)]
+    return rows, f"lam1 {r.lam1:.3f}"
+
+
+ROWS: dict[str, Callable] = {
+    "overlay": _overlay, "pixel_mask": _pixel_mask, "autoaugment": _autoaugment, "context_patches": _context,
+    "high_pass": _high_pass, "mscn": _mscn, "token_mask": _token_mask, "unmix": _unmix,
+    "mix_between_branches": _between, "mix_within_batch": _within,
+}
+
+
+def render(name: str, images: Tensor, params: dict | None = None, seed: int = 0, cell: int = 96) -> Image.Image:
+    """The preview grid of corruption ``name`` on uint8 (or [0, 1] float) images (n, 3, H, W)."""
+    params = dict(params or {})
+    corruption = build_corruption(name, **params)
+    require(name in ROWS, f"corruption '{name}' has no preview yet")
+    x = to_display(images)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        rows, note = ROWS[name](corruption, x, generator, cell)
+    shown = []
+    for label, imgs, box in rows:
+        imgs = to_display(imgs)
+        if box is not None:
+            imgs = draw_boxes(upscale(imgs, cell), box, scale=cell / x.shape[-1])
+        shown.append((label, imgs))
+    settings = " ".join(f"{k}={v}" for k, v in params.items())
+    return labelled_grid(shown, title=f"{name} {settings} seed={seed}: {note}", cell=cell)
+
+
+def parse_value(text: str):
+    """A CLI parameter value as YAML (0.3, [0.1, 0.4], derangement, {ratio: 0.3}, null)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _param_names() -> list[str]:
+    names = dict.fromkeys(p for name in CORRUPTIONS for p in corruption_params(name))
+    return [p for p in names if p not in RESERVED]
+
+
+def load_images(data: str, n: int, image_size: int | None) -> Tensor:
+    from ..data import load_data
+
+    dataset = load_data(data, image_size=image_size, subset=n, test_subset=n)
+    return dataset.test.images[:n]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        for name in sorted(CORRUPTIONS):
+            print(describe(name))
+        return 0
+    require(args.corruption is not None, f"preview: name a corruption ({', '.join(sorted(CORRUPTIONS))}) or use --list")
+    require(args.data is not None, "preview: --data is required (a registered dataset such as cifar10, or a folder)")
+    require(args.output is not None, "preview: -o/--output is required (the PNG to write)")
+    require(args.n >= 1, f"preview: --n must be >= 1, got {args.n}")
+    params = {p: parse_value(v) for p in _param_names() if (v := getattr(args, f"param_{p}")) is not None}
+    build_corruption(args.corruption, **params)  # fail on bad parameters before loading any data
+    images = load_images(args.data, args.n, args.image_size)
+    if len(images) == 0:
+        raise UserError(f"preview: no test images in --data {args.data}")
+    save_png(render(args.corruption, images, params, args.seed, args.cell), args.output)
+    print(f"wrote {args.output}")
+    return 0
 
 
 def register(subparsers) -> None:  # noqa: ANN001
-    pass
+    p = subparsers.add_parser(
+        "preview",
+        help="write a grid PNG of clean / corrupted images",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+    )
+    p.add_argument("corruption", nargs="?", help="corruption name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the corruptions and their parameters")
+    p.add_argument("--data", help="dataset name or folder (test images are shown)")
+    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--image-size", type=int, default=None, help="decode size (default: the dataset's)")
+    p.add_argument("--cell", type=int, default=96, help="display size of each image in px (default 96)")
+    p.add_argument("-o", "--output", help="PNG file to write")
+    group = p.add_argument_group("corruption parameters (YAML values; see --list for which apply)")
+    for name in _param_names():
+        flags = dict.fromkeys((f"--{name.replace('_', '-')}", f"--{name}"))
+        group.add_argument(*flags, dest=f"param_{name}", metavar="VALUE", default=None)
+    p.set_defaults(func=run)

@@ -1,0 +1,204 @@
+"""``load_data``: one ``--data`` value in, a decoded in-memory ``Dataset`` out.
+
+The road: resolve the name (registered dataset, Parquet folder, image folder) to labelled pools;
+split train/test when the source has no test split (stratified, seeded, saved); take the subsets;
+check memory; decode each split once (or read it from the cache); resize registered datasets in
+bulk; compute mean/std.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..errors import UserError, require
+from . import cache as cache_mod
+from .dataset import (
+    Dataset,
+    Split,
+    channel_histogram,
+    channel_stats,
+    check_memory,
+    histogram_stats,
+    resize_uint8,
+    stratified_pick,
+)
+from .decode import OK, count_skipped, skipped_line
+from .folder import scan_folder
+from .parquet import parquet_source
+from .registry import REGISTERED, canonical_name, data_root, registered_source
+from .source import Pool, Source
+
+_SUBSET_SALT, _TEST_SUBSET_SALT = 1_000_003, 2_000_003  # different streams from one split_seed
+
+
+def _positive(name: str, value: int | None) -> None:
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+    require(ok, f"data.{name} must be a positive integer (or null for all), got {value!r}")
+
+
+def resolve_source(name: str, root: str | Path | None, download: bool) -> Source:
+    """A registered name first, then a path: a Parquet folder or file, else an image folder."""
+    require(
+        isinstance(name, str) and name.strip() != "", "data.name is empty: give a registered name or a folder"
+    )
+    registered = canonical_name(name)
+    if registered is not None:
+        return registered_source(registered, data_root(root), download)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"data.name: {path} does not exist and is not a registered dataset "
+            f"({', '.join(REGISTERED)}); give an existing image or Parquet folder"
+        )
+    source = parquet_source(path, path.resolve().name)
+    if source is not None:
+        return source
+    require(path.is_dir(), f"data.name: {path} is a file, not an image folder or a .parquet file")
+    return scan_folder(path)
+
+
+def saved_split(
+    pool: Pool, where: str, test_fraction: float, seed: int, root: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, test) indices of pool, saved as file lists and reused on later runs.
+
+    Items listed in the saved split keep their side; items new since then are split among
+    themselves with the same rule, and the file is updated.
+    """
+    path = cache_mod.split_path(root, where, test_fraction, seed)
+    ids = pool.ids()
+    saved = cache_mod.load_split(path)
+    side = np.full(len(ids), -1, dtype=np.int8)  # 0 train, 1 test, -1 not yet assigned
+    if saved is not None:
+        position = {name: i for i, name in enumerate(ids)}
+        for value, key in ((0, "train"), (1, "test")):
+            listed = [position[n] for n in saved[key] if n in position]
+            side[np.asarray(listed, dtype=np.int64)] = value
+    new = np.flatnonzero(side < 0)
+    if len(new):
+        k = round(len(new) * test_fraction)
+        if saved is None and len(new) >= 2:
+            k = min(max(k, 1), len(new) - 1)  # both sides non-empty on the first split
+        side[new] = 0
+        side[new[stratified_pick(pool.labels[new], k, seed)]] = 1
+    train, test = np.flatnonzero(side == 0), np.flatnonzero(side == 1)
+    if saved is None or len(new) or len(train) + len(test) != len(saved["train"]) + len(saved["test"]):
+        record = {
+            "source": where,
+            "test_fraction": test_fraction,
+            "split_seed": seed,
+            "train": [ids[i] for i in train],
+            "test": [ids[i] for i in test],
+        }
+        if cache_mod.save_split(path, record) and saved is None:
+            print(
+                f"unveil: split {where} into {len(train)} train / {len(test)} test items "
+                f"(data.test_fraction={test_fraction}, data.split_seed={seed}); saved to {path}",
+                file=sys.stderr,
+            )
+    return train, test
+
+
+def _decode_cached(pool: Pool, size: int, label: str, root: Path) -> tuple[Split, Counter[str], torch.Tensor]:
+    """Decode pool at size through the cache: (split, skip reasons, channel histogram)."""
+    parts = pool.cache_key()
+    path = None
+    if parts is not None:
+        key = cache_mod.digest(cache_mod.VERSION, parts, size)
+        path = root / f"{cache_mod.slug(label)}-{size}px-{key}.safetensors"
+        hit = cache_mod.load_tensors(path)
+        if hit is not None and {"images", "labels", "hist"} <= hit[0].keys():
+            tensors, meta = hit
+            split = Split(tensors["images"], tensors["labels"])
+            return split, Counter(meta.get("skipped", {})), tensors["hist"]
+    images, status = pool.decode(size)
+    keep = status == OK
+    labels = torch.from_numpy(pool.labels.astype(np.int64))
+    if not keep.all():
+        index = torch.from_numpy(np.flatnonzero(keep))
+        images, labels = images[index], labels[index]
+    split = Split(images.contiguous(), labels.contiguous())
+    skipped = count_skipped(status)
+    hist = channel_histogram(split.images)
+    if path is not None:
+        tensors = {"images": split.images, "labels": split.labels, "hist": hist}
+        cache_mod.save_tensors(path, tensors, {"skipped": skipped})
+    return split, skipped, hist
+
+
+def _report_skipped(source: Source, decoded: Counter[str], items: int) -> None:
+    """Everything left out, listing and decoding together, as ONE stderr line (or none)."""
+    skipped = source.skipped + decoded
+    if source.total:
+        line = skipped_line(skipped, source.total, "files", source.where)
+    else:
+        line = skipped_line(skipped, items, "images", source.where)
+    if source.empty_classes:
+        empty = f"ignored class folders without images: {', '.join(source.empty_classes)}"
+        line = f"{line}; {empty}" if line else f"unveil: {empty} in {source.where}"
+    if line:
+        print(line, file=sys.stderr)
+
+
+def load_data(
+    name: str,
+    root: str | None = None,
+    image_size: int | None = None,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    download: bool = True,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Resolve ``name`` (registered dataset, Parquet folder or image folder) to a decoded Dataset.
+
+    Decoded splits are cached in ``cache_dir`` and splits made here are saved there (see
+    ``unveil.data.cache``); a second call with the same arguments reads them back.
+    """
+    _positive("image_size", image_size)
+    _positive("subset", subset)
+    _positive("test_subset", test_subset)
+    require(0 < test_fraction < 1, f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
+    require(
+        isinstance(split_seed, int) and not isinstance(split_seed, bool),
+        f"data.split_seed must be an integer, got {split_seed!r}",
+    )
+    try:
+        source = resolve_source(name, root, download)
+    except (OSError, pa.ArrowException) as exc:  # unreadable folder, corrupt Parquet file
+        raise UserError(
+            f"data.name={name}: cannot read the data ({exc}); check the files and their permissions"
+        ) from None
+    cache_root = cache_mod.cache_root(cache_dir)
+    train, test = source.train, source.test
+    if test is None:
+        train_idx, test_idx = saved_split(train, source.where, test_fraction, split_seed, cache_root)
+        train, test = train.take(train_idx), train.take(test_idx)
+    if subset is not None:
+        train = train.take(stratified_pick(train.labels, subset, split_seed * _SUBSET_SALT + 1))
+    if test_subset is not None:
+        test = test.take(stratified_pick(test.labels, test_subset, split_seed * _TEST_SUBSET_SALT + 2))
+    size = image_size or source.default_size
+    check_memory(len(train) + len(test), max(size, source.native_size or 0), f"data.name={name}")
+    decode_size = source.native_size or size
+    train_split, skipped, hist = _decode_cached(train, decode_size, f"{source.name}-train", cache_root)
+    test_split, skipped_test, _ = _decode_cached(test, decode_size, f"{source.name}-test", cache_root)
+    _report_skipped(source, skipped + skipped_test, len(train) + len(test))
+    require(len(train_split) > 0, f"data.name: no readable training images in {source.where}")
+    require(
+        len(test_split) > 0, f"data.name: no readable test images in {source.where}; raise data.test_fraction"
+    )
+    if train_split.images.shape[-2:] != (size, size):  # registered datasets: resize in bulk
+        train_split = Split(resize_uint8(train_split.images, size), train_split.labels)
+        test_split = Split(resize_uint8(test_split.images, size), test_split.labels)
+        mean, std = channel_stats(train_split.images)
+    else:
+        mean, std = histogram_stats(hist)
+    return Dataset(source.name, train_split, test_split, list(source.classes), size, mean, std)
