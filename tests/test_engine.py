@@ -12,7 +12,6 @@ import torch
 
 from unveil.cli import main
 from unveil.config import resolve
-from unveil.errors import UserError
 from unveil.train import engine
 from unveil.train.checkpoint import load_checkpoint
 
@@ -120,7 +119,7 @@ def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
 def test_two_process_ddp_run_with_torchrun(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "unveil.cli", "pretrain", "--data", str(tiny_folder), "--out", str(out), "data.image_size=16",
            "backbone.cifar_stem=false", "method.proj_hidden_dim=64", "train.batch_size=8", "train.epochs=1",
            "train.progress=false", "train.monitor=knn", "train.precision=fp32"]

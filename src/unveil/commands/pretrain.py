@@ -59,5 +59,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(cfg, resume=run_dir)
     else:
         run_dir = train(resolve(args.recipe, overrides))
-    print(f"unveil: run finished: {run_dir} (config {run_dir / CONFIG_NAME})")
+    from ..train import dist
+
+    if dist.is_main():
+        print(f"unveil: run finished: {run_dir} (config {run_dir / CONFIG_NAME})")
     return 0

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import UserError
 
+
 @dataclass(frozen=True)
 class DataInfo:
     """What a method needs to know about its data (sizes, classes, pixel statistics)."""

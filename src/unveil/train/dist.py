@@ -58,9 +58,13 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """
     if not is_dist():
         return t
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(t), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(t), dim=0)
 
 
 def cleanup() -> None:
