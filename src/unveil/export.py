@@ -43,13 +43,10 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
                 return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:
             raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
-    from .train.checkpoint import load_checkpoint, resolve_run
+    from .train.checkpoint import load_run
 
-    _, ckpt = resolve_run(path)
-    model = load_checkpoint(ckpt)["model"]
-    state = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
-    require(bool(state), f"{ckpt} holds no backbone weights")
-    return state
+    method, _, _ = load_run(path, load_data=False)  # the method knows which module is its backbone
+    return {k: v.detach().contiguous() for k, v in method.backbone.state_dict().items()}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

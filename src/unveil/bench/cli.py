@@ -14,6 +14,22 @@ from ..errors import require
 from .spec import SCALES, available_suites, load_suite, plan_suite
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """Lets overrides follow options (``unveil bench overlay --scale gpu train.epochs=20``),
+    which plain argparse rejects once the positionals were consumed before the options."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="run a paper's experiment suite (pretrain + evaluate every entry, one results table)",
@@ -29,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="resolve every entry and print the plan; train nothing")
     p.add_argument("--list", action="store_true", help="list the suites and their entries, then exit")
     p.set_defaults(func=run)
+    p.__class__ = _Intermixed  # the subparser is built by the main parser's class; only parsing changes
 
 
 def _list() -> int:

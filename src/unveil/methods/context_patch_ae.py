@@ -137,6 +137,8 @@ class ContextPatchAE(nn.Module):
             self.tower.train(was_training)
         return int(getattr(self.tower, "num_features", dim))
 
+    normalized_inputs = False  # encoders see [0, 1] pixels; fine-tuning keeps that convention
+
     @property
     def backbone(self) -> nn.Module:
         return self.tower

@@ -88,6 +88,8 @@ class DenoisingAE(nn.Module):
         self.decoder = ResNetAEDecoder(arch, self.cifar, upsample)
         self.views = ViewPipeline(view_preset("crop-flip", self.image_size, **self.view_overrides))
 
+    normalized_inputs = False  # encoders see [0, 1] pixels; fine-tuning keeps that convention
+
     @property
     def backbone(self) -> nn.Module:
         return self.encoder

@@ -1,0 +1,164 @@
+"""``unveil bench``: suites parse and validate, the runner writes its table, and resumes without redoing work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unveil.bench.spec import SCALES, available_suites, data_present, load_suite, plan_suite
+from unveil.bench.suite import run_suite
+from unveil.cli import main
+from unveil.errors import UserError
+from unveil.train import engine
+from unveil.train.checkpoint import load_checkpoint
+from unveil.train.engine import build_method_for
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_suite(folder: Path, path: Path, entries: list[dict]) -> Path:
+    """A suite on the 16 px two-class folder: cheap context-patch (Conv4) and overlay-AE entries."""
+    suite = {
+        "title": "tiny", "caveats": ["synthetic images"],
+        "overrides": [f"data.name={folder}", "data.image_size=16", "train.batch_size=16", "train.monitor=none",
+                      "train.progress=false", "train.log_every_steps=1", "train.precision=fp32"],
+        "scales": {"smoke": ["train.epochs=1", "eval.linear.epochs=2"], "cpu": ["train.epochs=2"], "gpu": []},
+        "entries": entries,
+    }
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def cp_entry(name: str, *overrides: str) -> dict:
+    return {"name": name, "recipe": "context_patch_conv4_cifar100", "overrides": ["method.grid=2", *overrides],
+            "evaluate": [{"linear": {"epochs": 5, "lr": 1e-3}}, {"knn": {"k": 5}}],
+            "paper": {"linear": 24.55}, "paper_setting": "CIFAR-100"}
+
+
+def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_path):
+    ae = {"name": "ae", "recipe": "overlay_cifar10", "overrides": ["data.subset=32"], "evaluate": [{"finetune": {"epochs": 1, "batch_size": 16}},
+                                                                   {"linear": {"epochs": 2}}, "knn"],
+          "paper": {"finetune": 38.1, "linear": 7.6}, "paper_setting": "Caltech-256"}
+    path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [cp_entry("cp"), ae])
+    out = tmp_path / "out"
+    rows = run_suite(path, "smoke", out)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    with (out / "results.csv").open() as f:
+        table = {r["entry"]: r for r in csv.DictReader(f)}
+    assert {"paper_finetune_top1", "paper_linear_top1", "finetune_best_top1", "finetune_last_top1",
+            "linear_best_top1", "linear_last_top1", "knn_top1", "scale"} <= set(table["ae"])
+    assert float(table["ae"]["paper_finetune_top1"]) == 38.1 and table["cp"]["paper_finetune_top1"] == ""
+    assert 0 <= float(table["ae"]["finetune_last_top1"]) <= float(table["ae"]["finetune_best_top1"]) <= 100
+    assert 0 <= float(table["cp"]["linear_last_top1"]) <= float(table["cp"]["linear_best_top1"]) <= 100
+    assert table["cp"]["finetune_best_top1"] == "" and table["ae"]["scale"] == "smoke"
+    assert table["cp"]["train_images"] == "77" and table["ae"]["train_images"] == "32"  # 96 images, 20 % held out
+    md = (out / "results.md").read_text()
+    assert "paper fine-tune" in md and "| 38.1 |" in md and "synthetic images" in md and "JPEG" in md
+    for fig in ("loss_curves.png", "recon_ae.png", "recon_cp.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000, fig
+        assert f"figures/{fig}" in md
+    assert json.loads((out / "ae" / "eval_finetune.json").read_text())["epochs"] == 1
+
+
+def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tmp_path, monkeypatch):
+    path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [cp_entry("first"), cp_entry("second", "train.epochs=2")])
+    out = tmp_path / "out"
+    real_save = engine.save_checkpoint
+
+    def crash_after_first_epoch_of_second(ckpt_path, state):
+        real_save(ckpt_path, state)
+        if "second" in str(ckpt_path):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_first_epoch_of_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(path, "smoke", out)
+    assert "interrupted" in (out / "results.md").read_text()
+    steps_per_epoch = 77 // 16
+    assert load_checkpoint(out / "second" / "last.ckpt")["step"] == steps_per_epoch
+    kept = {p: p.stat().st_mtime_ns for p in (out / "first").glob("*") if p.is_file()}
+    assert out / "first" / "eval_linear.json" in kept
+
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    calls = []
+    real_train = engine.train
+
+    def spy(cfg, resume=None):
+        calls.append((Path(cfg["out"]).name, resume))
+        return real_train(cfg, resume=resume)
+
+    monkeypatch.setattr(engine, "train", spy)
+    rows = run_suite(path, "smoke", out)
+    assert calls == [("second", out / "second")]  # the first entry was not retrained, the second continued
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items() if p.suffix in (".ckpt", ".json") and
+               p.name != "bench_timings.json")
+    assert load_checkpoint(out / "second" / "last.ckpt")["step"] == 2 * steps_per_epoch
+    assert [r["status"] for r in rows] == ["done", "done"] and rows[1]["linear_best_top1"] is not None
+
+    with pytest.raises(UserError, match="other settings"):  # a finished run is never reused silently
+        run_suite(path, "smoke", out, overrides=["train.lr=0.5"])
+
+
+@pytest.mark.parametrize("name", available_suites())
+def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
+    from unveil.data.registry import REGISTERED
+
+    suite = load_suite(name)
+    assert len(suite.entries) >= 4 and set(suite.scales) == set(SCALES)
+    built = set()
+    for scale in SCALES:
+        planned = plan_suite(suite, scale, tmp_path)
+        assert [p.entry.name for p in planned] == suite.entry_names()
+        for p in planned:
+            assert p.entry.paper and p.entry.paper_setting and p.evals
+            assert set(p.entry.paper) <= set(p.evals) | ({"finetune"} if "monitor" in p.evals else set())
+            data = p.cfg["data"]["name"]
+            if scale != "gpu":
+                assert data == "cifar10" and p.cfg["data"]["subset"], "smoke/cpu scales use a CIFAR-10 subset"
+            elif not data_present("cifar100", None) and p.entry.recipe.endswith("cifar100"):
+                assert data == "cifar10" and any("cifar100 not found" in n for n in p.notes)
+            key = json.dumps([p.cfg["method"], p.cfg["backbone"], data], sort_keys=True)
+            if key not in built:  # the method section builds (catches misspelt method settings)
+                built.add(key)
+                info = {"name": data, "num_classes": len(REGISTERED[data].classes or range(100)),
+                        "image_size": p.cfg["data"]["image_size"] or 32, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+                assert hasattr(build_method_for(p.cfg, dataset_info=info), "embed")
+
+
+def test_cli_list_dry_run_and_one_line_errors(capsys, tmp_path):
+    assert main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "overlay" in listed and "context-patch" in listed and "supervised-scratch" in listed
+    assert main(["bench", "overlay", "--scale", "cpu", "--dry-run", "--only", "mask-2pct", "train.seed=3"]) == 0
+    assert "mask-2pct" in capsys.readouterr().out
+    assert main(["bench", "nope", "--scale", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "overlay", "--scale", "smoke", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "no entry nope" in capsys.readouterr().err
+    assert main(["bench", "overlay", "--scale", "smoke", "--out", str(tmp_path), "eval.bogus.epochs=1"]) == 2
+    assert "eval.bogus" in capsys.readouterr().err
+    assert main(["bench", "overlay", "--scale", "smoke", "eval.linear.epoch=1", "--out", str(tmp_path)]) == 2
+    assert "bad linear setting" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,only", [("overlay", ["overlay-a0.3"]), ("context-patch", ["cpae-conv4-aug"])])
+def test_smoke_scale_of_shipped_suites_on_cifar10(name, only, cifar10_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UNVEIL_CIFAR10", str(cifar10_dir))
+    out = tmp_path / name
+    assert main(["bench", name, "--scale", "smoke", "--out", str(out), "--only", *only]) == 0
+    assert str(out / "results.md") in capsys.readouterr().out
+    with (out / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "done" and row["data"].startswith("cifar10")
+    assert 0 <= float(row["linear_best_top1"]) <= 100 and 0 <= float(row["knn_top1"]) <= 100
+    if name == "overlay":
+        assert 0 <= float(row["finetune_best_top1"]) <= 100 and float(row["paper_finetune_top1"]) == 38.1
