@@ -159,8 +159,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--bf16-steps", type=int, default=2, help="bf16 is emulated (slow) on CPUs without AMX")
+    p.add_argument("--precisions", nargs="+", default=["fp32"])
+    p.add_argument("--bf16-steps", type=int, default=2)
+    p.add_argument("--precision-batch", type=int, default=32,
+                   help="batch of the fp32-vs-bf16 floor table (bf16 is emulated, so slow, on CPUs without AMX/AVX512-BF16)")
     p.add_argument("--stems", nargs="+", default=["cifar", "standard"])
     args = p.parse_args()
     dataset = load_data("cifar10", subset=max(4096, args.batch_size * (args.steps + 4)), test_subset=256)
@@ -181,6 +183,19 @@ def main() -> None:
             lt = f"{light:.1f}" if light else "–"
             ratio_l = f"{u / light:.2f}×" if light else "–"
             print(f"| {name} | {precision} | {f:.1f} | {u:.1f} | {loader:.1f} | {lt} | {u / f:.2f} | {ratio_l} |", flush=True)
+    if args.precision_batch:
+        from unveil.train.precision import cpu_has_fast_bf16
+
+        print(f"\nfp32 vs bf16 autocast, bare backbone floor, batch {args.precision_batch}, channels_last "
+              f"(native bf16 units detected: {cpu_has_fast_bf16()}):\n")
+        print("| backbone | fp32 img/s | bf16 img/s | bf16 / fp32 |")
+        print("|---|---|---|---|")
+        for stem in args.stems:
+            cfg = resolve("simclr_cifar10", [f"backbone.cifar_stem={stem == 'cifar'}", "data.subset=4096"])
+            f32 = floor(cfg, dataset, "fp32", args.precision_batch, args.bf16_steps)
+            b16 = floor(cfg, dataset, "bf16", args.precision_batch, args.bf16_steps)
+            name = "ResNet-18 CIFAR stem" if stem == "cifar" else "ResNet-18 standard stem"
+            print(f"| {name} | {f32:.1f} | {b16:.1f} | {b16 / f32:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_pat
 def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tmp_path, monkeypatch):
     path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [cp_entry("first"), cp_entry("second", "train.epochs=2")])
     out = tmp_path / "out"
+    rows = run_suite(path, "smoke", out, only=["first"])  # entries can be run piecemeal
+    assert [r["status"] for r in rows] == ["done", "not run"]
     real_save = engine.save_checkpoint
 
     def crash_after_first_epoch_of_second(ckpt_path, state):
@@ -116,6 +118,9 @@ def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
     for scale in SCALES:
         planned = plan_suite(suite, scale, tmp_path)
         assert [p.entry.name for p in planned] == suite.entry_names()
+        finetune = next((p.evals["finetune"] for p in planned if "finetune" in p.evals), None)
+        for p in (p for p in planned if p.entry.train_as):  # supervised from scratch = the fine-tune protocol
+            assert finetune and all(p.cfg["train"][k] == finetune[k] for k in ("epochs", "lr", "batch_size"))
         for p in planned:
             assert p.entry.paper and p.entry.paper_setting and p.evals
             assert set(p.entry.paper) <= set(p.evals) | ({"finetune"} if "monitor" in p.evals else set())
@@ -157,8 +162,11 @@ def test_smoke_scale_of_shipped_suites_on_cifar10(name, only, cifar10_dir, tmp_p
     assert main(["bench", name, "--scale", "smoke", "--out", str(out), "--only", *only]) == 0
     assert str(out / "results.md") in capsys.readouterr().out
     with (out / "results.csv").open() as f:
-        (row,) = list(csv.DictReader(f))
+        rows = {r["entry"]: r for r in csv.DictReader(f)}
+    assert list(rows) == load_suite(name).entry_names()  # the table lists every entry, run or not
+    row = rows.pop(only[0])
     assert row["status"] == "done" and row["data"].startswith("cifar10")
+    assert {r["status"] for r in rows.values()} == {"not run"}
     assert 0 <= float(row["linear_best_top1"]) <= 100 and 0 <= float(row["knn_top1"]) <= 100
     if name == "overlay":
         assert 0 <= float(row["finetune_best_top1"]) <= 100 and float(row["paper_finetune_top1"]) == 38.1

@@ -27,7 +27,7 @@ def loss_curves(planned: list[Planned], path: Path) -> Path | None:
             curves.setdefault(p.cfg["method"]["name"], []).append((p.entry.name, x, [r["loss"] for r in rows]))
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.6 * len(curves), 3.8), squeeze=False, layout="constrained")
     for ax, (method, lines) in zip(axes[0], sorted(curves.items())):
         for name, x, y in lines:
             ax.plot(x, y, lw=1.2, marker="o" if len(x) < 4 else None, ms=3, label=name)

@@ -8,11 +8,15 @@ Layout of ``recipes/suites/<suite>.yaml``::
     overrides: [...]                # dotted overrides for every entry at every scale
     scales: {smoke: [...], cpu: [...], gpu: [...]}   # per-scale overrides for every entry
     fallback_data: {cifar100: cifar10}               # used when the first is not found locally
+    paper_data: CIFAR-100           # the paper's dataset: rows on other data say so
     entries:
       - name: overlay-a0.3          # also the run directory's name
         recipe: overlay_cifar10
         overrides: [method.alpha=0.3]
         scales: {smoke: [...]}      # optional per-entry, per-scale overrides
+      - name: supervised-scratch    # trained *as* the fine-tune protocol, from random weights:
+        train_as: {finetune: {epochs: 20, lr: 0.01}}   # -> train.epochs/lr/batch_size/optimizer/
+                                    # weight_decay, after eval.finetune.* overrides of the scale/caller
         evaluate: [{finetune: {epochs: 20, lr: 0.01}}, {linear: {epochs: 5}}, {knn: {}}]
         paper: {finetune: 38.1, linear: 7.6}
         paper_setting: Caltech-256, ResNet-50 AE, 224 px
@@ -50,6 +54,7 @@ class Entry:
     paper_setting: str = ""
     scales: dict[str, list[str]] = field(default_factory=dict)
     note: str = ""
+    train_as: dict[str, Any] = field(default_factory=dict)  # {"finetune": settings}
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Suite:
     overrides: list[str] = field(default_factory=list)
     scales: dict[str, list[str]] = field(default_factory=dict)
     fallback_data: dict[str, str] = field(default_factory=dict)
+    paper_data: str = ""
 
     def entry_names(self) -> list[str]:
         return [e.name for e in self.entries]
@@ -76,6 +82,7 @@ class Planned:
     evals: dict[str, dict[str, Any]]
     run_dir: Path
     notes: list[str]
+    paper_data: str = ""  # the paper's dataset, when the rows' data differs from it
 
 
 def suites_dir() -> Path:
@@ -101,7 +108,7 @@ def _scales(value: Any, where: str) -> dict[str, list[str]]:
 
 def _entry(raw: Any, where: str) -> Entry:
     require(isinstance(raw, dict) and "name" in raw and "recipe" in raw, f"{where} needs at least name and recipe")
-    known = {"name", "recipe", "overrides", "evaluate", "paper", "paper_setting", "scales", "note"}
+    known = {"name", "recipe", "overrides", "evaluate", "paper", "paper_setting", "scales", "note", "train_as"}
     extra = sorted(set(raw) - known)
     require(not extra, f"{where}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(known))}")
     name = str(raw["name"])
@@ -115,13 +122,16 @@ def _entry(raw: Any, where: str) -> Entry:
         (kind, settings), = item.items()
         require(kind in PROTOCOLS, f"{where}.evaluate: unknown protocol '{kind}'; known: {', '.join(PROTOCOLS)}")
         evaluate[kind] = dict(settings or {})
+    train_as = raw.get("train_as") or {}
+    require(isinstance(train_as, dict) and set(train_as) <= {"finetune"},
+            f"{where}.train_as must be {{finetune: {{epochs: ..., lr: ...}}}} (train with the fine-tune settings)")
     paper = raw.get("paper") or {}
     require(isinstance(paper, dict) and all(isinstance(v, (int, float)) for v in paper.values()),
             f"{where}.paper must map a protocol to the paper's top-1 %, e.g. {{finetune: 38.1}}")
     return Entry(name=name, recipe=str(raw["recipe"]), overrides=_str_list(raw.get("overrides") or [], f"{where}.overrides"),
                  evaluate=evaluate, paper={k: float(v) for k, v in paper.items()},
                  paper_setting=str(raw.get("paper_setting", "")), scales=_scales(raw.get("scales") or {}, f"{where}.scales"),
-                 note=str(raw.get("note", "")))
+                 note=str(raw.get("note", "")), train_as={k: dict(v or {}) for k, v in train_as.items()})
 
 
 def load_suite(suite: str | Path) -> Suite:
@@ -145,7 +155,8 @@ def load_suite(suite: str | Path) -> Suite:
                  caveats=[str(c) for c in raw.get("caveats") or []],
                  overrides=_str_list(raw.get("overrides") or [], f"{path.name}: overrides"),
                  scales=_scales(raw.get("scales") or {}, f"{path.name}: scales"),
-                 fallback_data={str(k): str(v) for k, v in (raw.get("fallback_data") or {}).items()})
+                 fallback_data={str(k): str(v) for k, v in (raw.get("fallback_data") or {}).items()},
+                 paper_data=str(raw.get("paper_data", "")))
 
 
 def split_overrides(items: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -178,14 +189,17 @@ def check_protocol_settings(kind: str, settings: dict[str, Any], where: str) -> 
         raise UserError(f"{where}: bad {kind} setting(s) {sorted(settings)} ({exc})") from None
 
 
+def check_only(suite: Suite, only: list[str] | None) -> None:
+    unknown = [n for n in only or [] if n not in suite.entry_names()]
+    require(not unknown, f"--only: no entry {', '.join(unknown)} in suite {suite.name}; "
+            f"entries are {', '.join(suite.entry_names())}")
+
+
 def plan_suite(suite: Suite, scale: str, out_dir: str | Path, overrides: list[str] | None = None,
                only: list[str] | None = None) -> list[Planned]:
     """Resolve and validate every selected entry up front, so a typo fails before hours of training."""
     require(scale in SCALES, f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    if only:
-        unknown = [n for n in only if n not in suite.entry_names()]
-        require(not unknown, f"--only: no entry {', '.join(unknown)} in suite {suite.name}; "
-                f"entries are {', '.join(suite.entry_names())}")
+    check_only(suite, only)
     planned = []
     for entry in suite.entries:
         if only and entry.name not in only:
@@ -198,6 +212,12 @@ def plan_suite(suite: Suite, scale: str, out_dir: str | Path, overrides: list[st
             cfg = resolve(entry.recipe, train_items)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
+        if entry.train_as:  # e.g. supervised from scratch = the fine-tune protocol from random weights
+            settings = {**entry.train_as["finetune"], **eval_items.get("finetune", {})}
+            check_protocol_settings("finetune", settings, f"{where}, train_as")
+            keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
+            cfg = merge(cfg, {"train": {k: settings[k] for k in keys if k in settings}})
+            validate(cfg)
         run_dir = Path(out_dir) / entry.name
         cfg["out"] = str(run_dir)
         notes = [entry.note] if entry.note else []
@@ -210,5 +230,6 @@ def plan_suite(suite: Suite, scale: str, out_dir: str | Path, overrides: list[st
         for kind, settings in entry.evaluate.items():
             evals[kind] = {**copy.deepcopy(settings), **eval_items.get(kind, {})}
             check_protocol_settings(kind, evals[kind], where)
-        planned.append(Planned(entry=entry, cfg=cfg, evals=evals, run_dir=run_dir, notes=notes))
+        planned.append(Planned(entry=entry, cfg=cfg, evals=evals, run_dir=run_dir, notes=notes,
+                               paper_data=suite.paper_data))
     return planned

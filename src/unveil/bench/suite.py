@@ -24,7 +24,7 @@ from ..io import atomic_write_text
 from ..train import engine
 from ..train.checkpoint import CKPT_NAME, CONFIG_NAME
 from ..train.logs import EPOCH_LOG, SUMMARY, read_csv
-from .spec import Planned, Suite, load_suite, plan_suite
+from .spec import Planned, Suite, check_only, load_suite, plan_suite
 from .table import result_row, write_results
 
 TIMINGS = "bench_timings.json"
@@ -50,27 +50,8 @@ def evaluate_monitor(run: str | Path, metric: str = "test") -> dict[str, Any]:
     return result
 
 
-def evaluate_finetune_exported(run: str | Path, epochs: int = 20, lr: float = 0.01, batch_size: int = 256,
-                               optimizer: str = "sgd", weight_decay: float = 1e-4,
-                               overrides: list[str] | None = None) -> dict[str, Any]:
-    """``evaluate_finetune`` starting from the encoder exported as safetensors beside the run.
-
-    Going through the export makes fine-tuning independent of how a method names its encoder
-    inside its checkpoint (``encoder.*``, ``tower.*``, ``backbone.*``)."""
-    from ..export import export_backbone
-    from ..train.checkpoint import load_run
-
-    run_dir = Path(run)
-    method, cfg, _ = load_run(run_dir, load_data=False)
-    weights = run_dir / "backbone.safetensors"
-    export_backbone(method.backbone, weights, cfg)
-    extra = [f"train.init_backbone={weights}", f"train.progress={str(cfg['train']['progress']).lower()}"]
-    return protocols.evaluate_finetune(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                                       weight_decay=weight_decay, overrides=extra + list(overrides or []))
-
-
 def protocol_function(kind: str) -> Callable[..., dict[str, Any]]:
-    return {"finetune": evaluate_finetune_exported, "linear": protocols.evaluate_linear,
+    return {"finetune": protocols.evaluate_finetune, "linear": protocols.evaluate_linear,
             "knn": protocols.evaluate_knn, "monitor": evaluate_monitor}[kind]
 
 
@@ -120,6 +101,19 @@ def _record(run_dir: Path, key: str, seconds: float) -> None:
     atomic_write_text(run_dir / TIMINGS, json.dumps(times, indent=2))
 
 
+def on_disk(p: Planned) -> dict[str, Any]:
+    """What earlier invocations left for an entry, so the table also shows entries not run now."""
+    if pretrain_state(p.run_dir) != "done":
+        return {"status": "not run" if pretrain_state(p.run_dir) == "new" else "pretraining unfinished"}
+    try:
+        _check_same_settings(p)
+    except UserError:
+        return {"status": "not run (the run on disk has other settings)"}
+    evals = {k: json.loads((p.run_dir / f"eval_{k}.json").read_text()) for k in p.evals
+             if (p.run_dir / f"eval_{k}.json").is_file()}
+    return {"status": "done" if len(evals) == len(p.evals) else "evaluations missing", "evals": evals}
+
+
 def run_entry(p: Planned) -> dict[str, dict[str, Any]]:
     """Pretrain (or continue, or skip) one entry, then run its missing evaluations."""
     state = pretrain_state(p.run_dir)
@@ -157,8 +151,10 @@ def run_suite(suite: str | Path | Suite, scale: str, out_dir: str | Path, overri
 
     spec = suite if isinstance(suite, Suite) else load_suite(suite)
     out_dir = Path(out_dir)
-    planned = plan_suite(spec, scale, out_dir, overrides, only)
-    outcomes: dict[str, dict[str, Any]] = {p.entry.name: {"status": "pending"} for p in planned}
+    check_only(spec, only)
+    planned = plan_suite(spec, scale, out_dir, overrides)  # every entry: the table shows them all
+    selected = [p for p in planned if not only or p.entry.name in only]
+    outcomes = {p.entry.name: on_disk(p) for p in planned}
 
     def write() -> list[dict[str, Any]]:
         rows = [result_row(p, outcomes[p.entry.name], _timings(p.run_dir)) for p in planned]
@@ -167,8 +163,9 @@ def run_suite(suite: str | Path | Suite, scale: str, out_dir: str | Path, overri
         return rows
 
     failures = []
-    for i, p in enumerate(planned, 1):
-        _log(f"entry {i}/{len(planned)}: {p.entry.name} ({p.entry.recipe}, scale {scale})")
+    rows = write()
+    for i, p in enumerate(selected, 1):
+        _log(f"entry {i}/{len(selected)}: {p.entry.name} ({p.entry.recipe}, scale {scale})")
         try:
             outcomes[p.entry.name] = {"status": "done", "evals": run_entry(p)}
         except UserError as exc:
@@ -181,6 +178,6 @@ def run_suite(suite: str | Path | Suite, scale: str, out_dir: str | Path, overri
             raise
         rows = write()
     if failures:
-        raise UserError(f"{len(failures)} of {len(planned)} entries failed (see {out_dir / 'results.md'}): "
+        raise UserError(f"{len(failures)} of {len(selected)} entries failed (see {out_dir / 'results.md'}): "
                         + " | ".join(failures))
     return rows

@@ -35,6 +35,11 @@ ALWAYS = (
 )
 
 
+def _plain(name: Any) -> str:
+    """'CIFAR-100' == 'cifar100'."""
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
 def _method_label(cfg: dict[str, Any]) -> str:
     m = cfg["method"]
     extra = {k: m[k] for k in ("corruption", "alpha", "mask_ratio", "mode", "augment") if k in m}
@@ -53,11 +58,13 @@ def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -
     lin, knn = evals.get("linear", {}), evals.get("knn", {})
     d = p.cfg["data"]
     notes = list(p.notes)
+    if p.paper_data and _plain(d["name"]) != _plain(p.paper_data):
+        notes.append(f"ran on {d['name']}; the paper's numbers are on {p.paper_data}")
     if "monitor" in evals and "finetune" not in evals:
         notes.append("fine-tune columns: its own training from random weights (the paper's supervised baseline)")
     return {
         "entry": p.entry.name, "status": outcome.get("status", "pending"), "recipe": p.entry.recipe,
-        "method": _method_label(p.cfg), "data": f"{d['name']} {d['image_size'] or 'native'} px",
+        "method": _method_label(p.cfg), "data": f"{d['name']}" + (f" at {d['image_size']} px" if d["image_size"] else ""),
         "train_images": knn.get("train_images", d["subset"] or "all"),
         "test_images": knn.get("test_images", d["test_subset"] or "all"),
         "pretrain_epochs": p.cfg["train"]["epochs"],
@@ -75,6 +82,10 @@ def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -
 
 def _num(value: Any) -> str:
     return "–" if value is None or value == "" else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _paper(value: Any) -> str:
+    return "–" if value is None or value == "" else str(value)  # 37.0, 34.08: as printed in the paper
 
 
 def _pair(best: Any, last: Any) -> str:
@@ -98,7 +109,7 @@ def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: l
                  f"{r['data']} ({r['train_images']}/{r['test_images']}), {r['pretrain_epochs']} ep",
                  _pair(r["finetune_best_top1"], r["finetune_last_top1"]),
                  _pair(r["linear_best_top1"], r["linear_last_top1"]), _num(r["knn_top1"]),
-                 _num(r["paper_finetune_top1"]), _num(r["paper_linear_top1"]), r["paper_setting"] or "–", timing,
+                 _paper(r["paper_finetune_top1"]), _paper(r["paper_linear_top1"]), r["paper_setting"] or "–", timing,
                  r["note"] or ""]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines += ["", "Top-1 accuracy in %. Each row's run directory (config, logs, checkpoints, eval_*.json) is "
