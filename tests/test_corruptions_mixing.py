@@ -114,6 +114,12 @@ def test_cutmix_box_area_matches_lam(lam, h, w, seed, nonempty):
         assert y2 > y1 and x2 > x1
 
 
+def test_cutmix_box_side_matches_python_arithmetic_where_float32_rounds_up():
+    # 25 * sqrt(1 - 0.9424) = 5.9999... in Python (Un-Mix: int() -> 5, halves of 2); float32 rounds to 6.0 (halves of 3)
+    sides = {tuple(cutmix_box(25, 25, 0.9424, gen(seed)).box.diff()[::2].tolist()) for seed in range(30)}
+    assert max(max(s) for s in sides) == 4, sides
+
+
 def test_cutmix_box_unclipped_size_follows_unmix():
     sizes = set()
     for seed in range(200):

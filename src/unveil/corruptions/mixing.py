@@ -67,11 +67,13 @@ def cutmix_box(
     Returns the box and the area-corrected lam = 1 − box area / (H·W).
     """
     dev = generator.device
-    lam_t = torch.as_tensor(lam, dtype=torch.float32, device=dev)
+    # float64 so int(S·√(1 − lam)) matches Un-Mix's Python arithmetic exactly (float32 rounds
+    # e.g. 10·√0.09 up to 3.0 where Python gives 2.9999…)
+    lam_t = lam.to(dev, torch.float64) if isinstance(lam, Tensor) else torch.tensor(float(lam), dtype=torch.float64, device=dev)
     if not isinstance(lam, Tensor) and not 0.0 <= float(lam) <= 1.0:
         fail(f"lam must lie in [0, 1], got {lam}")
     cut_rat = torch.sqrt((1.0 - lam_t).clamp(0.0, 1.0))
-    size = torch.tensor([height, width], dtype=torch.float32, device=dev)
+    size = torch.tensor([height, width], dtype=torch.float64, device=dev)
     half = (size * cut_rat).floor().long() // 2  # int(S·cut_rat) // 2, per axis
     centre = (rand((2,), generator) * size).floor().long().minimum(size.long() - 1)
     lo = (centre - half).clamp(min=0).minimum(size.long())
@@ -80,7 +82,7 @@ def cutmix_box(
         hi = torch.where(hi == lo, hi + 1, hi)
     box = torch.stack([lo[0], hi[0], lo[1], hi[1]])
     area = ((hi - lo).prod()).float()
-    return BoxResult(box, 1.0 - area / float(height * width))
+    return BoxResult(box, (1.0 - area / float(height * width)).float())
 
 
 def box_masks(box: Tensor | tuple[int, int, int, int], height: int, width: int, device=None) -> tuple[Tensor, Tensor]:
