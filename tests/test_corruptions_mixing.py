@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from unveil.corruptions import (
@@ -98,6 +98,7 @@ def test_block_masks_are_blocks():
 
 
 @settings(max_examples=40, deadline=None)
+@example(lam=5.960464477539063e-08, h=1, w=2, seed=0, nonempty=False)  # float32 made 1 - lam == 1.0 here
 @given(lam=st.floats(0.0, 1.0), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**31),
        nonempty=st.booleans())
 def test_cutmix_box_area_matches_lam(lam, h, w, seed, nonempty):
