@@ -174,10 +174,9 @@ class Unmix(Corruption):
         return unmix(x, generator, self.prob, self.beta)
 
 
-@register_corruption("mix_between_branches")
 @dataclass(frozen=True)
-class MixBetweenBranches(Corruption):
-    """MixDet Approach 1: swap one shared box region between the two views of each image."""
+class _TwoViewBoxMix(Corruption):
+    """Shared parameters of the MixDet box mixes: lam ~ Beta(beta, beta), optional non-empty box."""
 
     two_views = True
     beta: float = 1.0
@@ -186,6 +185,12 @@ class MixBetweenBranches(Corruption):
     def __post_init__(self) -> None:
         _check_beta(self.beta)
         _check_flag(self.nonempty, "nonempty")
+
+
+@register_corruption("mix_between_branches")
+@dataclass(frozen=True)
+class MixBetweenBranches(_TwoViewBoxMix):
+    """MixDet Approach 1: swap one shared box region between the two views of each image."""
 
     def __call__(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> BranchMixResult:
         return mix_between_branches(x1, x2, generator, self.beta, self.nonempty)
@@ -193,16 +198,8 @@ class MixBetweenBranches(Corruption):
 
 @register_corruption("mix_within_batch")
 @dataclass(frozen=True)
-class MixWithinBatch(Corruption):
+class MixWithinBatch(_TwoViewBoxMix):
     """MixDet Approach 2: paste a box from the reversed batch into each view (independent places)."""
-
-    two_views = True
-    beta: float = 1.0
-    nonempty: bool = True
-
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-        _check_flag(self.nonempty, "nonempty")
 
     def __call__(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> WithinBatchMixResult:
         return mix_within_batch(x1, x2, generator, self.beta, self.nonempty)
