@@ -92,7 +92,7 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     cfg["train"].update({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
                          "weight_decay": weight_decay, "monitor": "classify", "monitor_every_epochs": 1,
                          "init_backbone": str(ckpt), "warmup_epochs": 0.0, "max_steps": None, "scale_lr": False,
-                         "freeze_backbone": False})
+                         "freeze_backbone": False, "monitor_test_size": None})  # score on the whole test split
     if overrides:
         cfg = merge(cfg, parse_overrides(overrides))
     validate(cfg)
