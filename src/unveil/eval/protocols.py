@@ -83,10 +83,7 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     method, _, _ = load_run(run, load_data=False)
     spec = getattr(method, "backbone_spec", None) or base["backbone"]
     out = run_dir / "finetune"
-    cfg = merge(base, {
-        "method": {"name": "supervised"},
-        "out": str(out),
-    })
+    cfg = merge(base, {"out": str(out)})
     cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True))}
     cfg["backbone"] = dict(spec)
     cfg["train"].update({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
