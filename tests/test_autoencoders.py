@@ -301,3 +301,52 @@ def test_reconstruct_command_is_registered():
 
     args = build_parser().parse_args(["reconstruct", "runs/x", "-o", "r.png", "--n", "4"])
     assert args.run_dir == "runs/x" and args.output == "r.png" and args.n == 4 and args.seed == 0
+
+
+# -- the whole CLI life of both autoencoders ----------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("overlay_cifar10", []),
+    ("context_patch_conv4_cifar100", ["method.grid=2"]),  # 16 px images: a 2 x 2 grid of 8 px patches
+])
+def test_autoencoder_trains_evaluates_reconstructs_and_exports_from_the_cli(recipe, extra, tiny_folder, tmp_path,
+                                                                             monkeypatch, capsys):
+    import json
+
+    from unveil.cli import main
+    from unveil.export import load_backbone
+    from unveil.train.checkpoint import load_run
+
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--recipe", recipe, "--data", str(tiny_folder), "--out", str(run), "--epochs", "1",
+                 "--batch-size", "16", "data.image_size=16", "data.subset=32", "train.monitor=none",
+                 "train.progress=false", "train.precision=fp32", *extra]) == 0
+    assert main(["eval", "linear", str(run), "--epochs", "2"]) == 0
+    linear = json.loads((run / "eval_linear.json").read_text())
+    assert 0 <= linear["last_top1"] <= 100 and 0 <= linear["best_top1"] <= 100
+    assert main(["reconstruct", str(run), "-o", str(tmp_path / "recon.png"), "--n", "4"]) == 0
+    with Image.open(tmp_path / "recon.png") as img:
+        assert img.width > img.height > 0
+    assert main(["export", str(run), "-o", str(tmp_path / "enc.safetensors")]) == 0
+    capsys.readouterr()
+
+    encoder = load_backbone(tmp_path / "enc.safetensors")
+    method, _, _ = load_run(run, load_data=False)
+    x = torch.rand(2, 3, 16, 16) if "overlay" in recipe else torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(encoder(x), method.eval().backbone(x), atol=1e-5)
+
+
+def test_load_backbone_rejects_a_file_that_is_not_an_export(tmp_path):
+    from safetensors.torch import save_file
+
+    from unveil.export import load_backbone
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="not an unveil export"):
+        load_backbone(tmp_path / "other.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(UserError, match="is the file complete"):
+        load_backbone(tmp_path / "cut.safetensors")

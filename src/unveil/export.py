@@ -2,7 +2,8 @@
 
 ResNet backbones are torchvision's ``ResNet`` with ``fc = Identity``, so the file loads into
 ``torchvision.models.resnet18()`` with ``strict=True`` after the same two edits (see
-``torchvision_model``); ``metadata`` records the architecture.
+``torchvision_model``); ``metadata`` records the architecture, so any exported encoder (the
+autoencoders' ResNet encoders and patch towers too) is rebuilt by ``load_backbone``.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    require(Path(path).is_file(), f"exported weights '{path}' not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
 
 
 def torchvision_model(path: str | Path) -> nn.Module:
@@ -70,3 +75,18 @@ def torchvision_model(path: str | Path) -> nn.Module:
         model.maxpool = nn.Identity()
     model.load_state_dict(read_backbone_state(path), strict=True)
     return model
+
+
+def load_backbone(path: str | Path) -> nn.Module:
+    """Rebuild the exported encoder from its metadata (``build_backbone`` arguments) and load it strictly."""
+    from .backbones import build_backbone
+
+    meta = read_metadata(path)
+    require(meta.get("format") == "unveil-backbone/1",
+            f"{path} is not an unveil export (no 'unveil-backbone/1' metadata): export it with `unveil export RUN`")
+    spec = dict(json.loads(meta.get("backbone") or "{}"))
+    name = spec.pop("name", None)
+    require(bool(name), f"{path} does not record its backbone name; export it again with `unveil export RUN`")
+    model = build_backbone(name, **spec)
+    model.load_state_dict(read_backbone_state(path), strict=True)
+    return model.eval()
