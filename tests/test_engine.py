@@ -12,6 +12,7 @@ import torch
 
 from unveil.cli import main
 from unveil.config import resolve
+from unveil.errors import UserError
 from unveil.train import engine
 from unveil.train.checkpoint import load_checkpoint
 
@@ -104,6 +105,20 @@ def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(tv(x), method.backbone(x), atol=1e-5)
+
+
+def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder, tmp_path):
+    from unveil.eval.protocols import evaluate_knn
+
+    run = engine.train(tiny_cfg(tiny_folder, tmp_path / "random", epochs=0))
+    state = load_checkpoint(run / "last.ckpt")
+    assert state["step"] == 0 and (run / "summary.json").is_file()
+    torch.manual_seed(0)  # the engine seeds with train.seed (0) before building the method
+    fresh = engine.build_method_for(state["config"], dataset_info=state["data_info"])
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state["model"].items())
+    assert 0 <= evaluate_knn(run, k=5)["top1"] <= 100
+    with pytest.raises(UserError, match="non-negative"):
+        tiny_cfg(tiny_folder, tmp_path / "bad", epochs=-1)
 
 
 def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):

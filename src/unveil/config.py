@@ -130,13 +130,13 @@ def validate(cfg: dict[str, Any]) -> None:
     """Range checks, once, naming the field."""
     t = cfg["train"]
 
-    def positive_int(name: str, value: Any) -> None:
+    def positive_int(name: str, value: Any, minimum: int = 1) -> None:
         require(
-            isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            f"{name} must be a positive integer, got {value!r}",
+            isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be {'a positive' if minimum else 'a non-negative'} integer, got {value!r}",
         )
 
-    positive_int("train.epochs", t["epochs"])
+    positive_int("train.epochs", t["epochs"], minimum=0)  # 0: keep the initial weights (random-init baseline)
     positive_int("train.batch_size", t["batch_size"])
     if t["max_steps"] is not None:
         positive_int("train.max_steps", t["max_steps"])

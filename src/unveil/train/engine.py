@@ -226,6 +226,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
                 model.train()
             checkpoint()
     progress.close()
+    if total_steps == 0 and ckpt_state is None:
+        checkpoint()  # train.epochs=0: the initial weights, so a random-init baseline evaluates like any run
     if rank == 0:
         logger.finish(history)
     dist.barrier()
