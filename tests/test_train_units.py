@@ -107,3 +107,18 @@ def test_linear_probe_learns_linearly_separable_features():
     res = linear_probe(x[:2000], y[:2000], x[2000:], y[2000:], 4, epochs=20, lr=1e-2)
     assert res["last_top1"] > 80 and res["best_top1"] >= res["last_top1"]  # measured 90 (chance 25)
     assert len(res["history"]) == 20
+
+
+def test_atomic_write_gives_the_umask_mode_and_leaves_no_temp_file(tmp_path):
+    import os
+    import stat
+
+    from unveil.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
