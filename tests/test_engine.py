@@ -74,7 +74,7 @@ def test_nan_loss_is_one_clear_line(tiny_folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["--method", "nosuch"], "unknown method 'nosuch'"),
-    (["--epochs", "0"], "train.epochs must be a positive integer"),
+    (["--epochs", "-1"], "train.epochs must be a non-negative integer"),
     (["train.nosuch=1"], "unknown setting 'train.nosuch'"),
     (["train.batch_size=4096"], "larger than the"),
     (["train.optimizer=rmsprop"], "train.optimizer must be one of"),
