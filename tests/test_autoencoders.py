@@ -275,6 +275,26 @@ def test_context_patch_ae_overfits_a_tiny_batch(mode, reduction):
     assert losses[-1] < 0.55 * losses[0], losses
 
 
+@pytest.mark.parametrize("size", [32, 224])
+def test_both_autoencoders_step_embed_and_reconstruct_at_32_and_224px(size):
+    """One training step and the figure's reconstruction at CIFAR and ImageNet sizes."""
+    torch.manual_seed(0)
+    images, g = uint8_images(2, size), torch.Generator().manual_seed(0)
+    dae = build_method("denoising_ae", data_info=info(size), arch="resnet18")  # CIFAR stem at 32, ImageNet at 224
+    grid = size // 8  # 8 px patches at both sizes: 4 x 4 at 32 px, 28 x 28 at 224 px
+    cpae = build_method("context_patch_ae", data_info=info(size, 100), tower="rr_conv4", grid=grid)
+    for method, feature_dim in ((dae, 512), (cpae, grid * grid * 512)):
+        loss = method(images, None, g)["loss"]
+        loss.backward()
+        assert torch.isfinite(loss) and loss.item() > 0
+        assert all(p.grad is not None for p in method.backbone.parameters())
+        method.eval()
+        with torch.no_grad():
+            assert method.embed(images).shape == (2, feature_dim)
+        clean, _, recon = method.reconstruct(images, g)
+        assert clean.shape == recon.shape == (2, 3, size, size) and 0 <= recon.min() and recon.max() <= 1
+
+
 # -- reconstruction figure ---------------------------------------------------------------------
 
 
