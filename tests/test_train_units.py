@@ -115,10 +115,9 @@ def test_atomic_write_gives_the_umask_mode_and_leaves_no_temp_file(tmp_path):
 
     from unveil.io import atomic_write_text
 
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "a.json", "{}")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    atomic_write_text(tmp_path / "a.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == 0o666 & ~umask  # what open() gives (0644 under the usual umask), not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

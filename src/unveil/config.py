@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
     },
     "train": {
-        "epochs": 10,
+        "epochs": 10,  # 0 saves the initial weights: a random-init baseline to evaluate
         "max_steps": None,  # stop early after this many optimizer steps (budgeted runs)
         "batch_size": 256,
         "optimizer": "sgd",  # sgd | lars | adamw | adam

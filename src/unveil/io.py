@@ -11,10 +11,13 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()  # read once: os.umask can only be read by setting it
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -25,7 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
