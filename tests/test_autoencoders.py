@@ -367,6 +367,10 @@ def test_load_backbone_rejects_a_file_that_is_not_an_export(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(UserError, match="not an unveil export"):
         load_backbone(tmp_path / "other.safetensors")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"),
+              metadata={"format": "unveil-backbone/1", "backbone": '{"name": "rr_conv4"}'})
+    with pytest.raises(UserError, match="does not match the 'rr_conv4' backbone"):
+        load_backbone(tmp_path / "foreign.safetensors")
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00")
     with pytest.raises(UserError, match="is the file complete"):
         load_backbone(tmp_path / "cut.safetensors")

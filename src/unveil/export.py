@@ -34,16 +34,23 @@ def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any]) 
     return meta
 
 
+def _read_export(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (unless ``tensors=False``) and metadata of a .safetensors file, in one open."""
+    require(path.is_file(), f"exported weights '{path}' not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
+            return state, dict(f.metadata() or {})
+    except Exception as exc:
+        raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
+
+
 def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Backbone weights from an exported .safetensors file or an unveil checkpoint/run directory."""
     path = Path(path)
     require(path.exists(), f"weights '{path}' not found: give an exported .safetensors file or a run directory")
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as exc:
-            raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
+        return _read_export(path)[0]
     from .train.checkpoint import load_run
 
     method, _, _ = load_run(path, load_data=False)  # the method knows which module is its backbone
@@ -51,12 +58,7 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    require(Path(path).is_file(), f"exported weights '{path}' not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
+    return _read_export(Path(path), tensors=False)[1]
 
 
 def torchvision_model(path: str | Path) -> nn.Module:
@@ -81,12 +83,16 @@ def load_backbone(path: str | Path) -> nn.Module:
     """Rebuild the exported encoder from its metadata (``build_backbone`` arguments) and load it strictly."""
     from .backbones import build_backbone
 
-    meta = read_metadata(path)
+    state, meta = _read_export(Path(path))
     require(meta.get("format") == "unveil-backbone/1",
             f"{path} is not an unveil export (no 'unveil-backbone/1' metadata): export it with `unveil export RUN`")
     spec = dict(json.loads(meta.get("backbone") or "{}"))
     name = spec.pop("name", None)
     require(bool(name), f"{path} does not record its backbone name; export it again with `unveil export RUN`")
-    model = build_backbone(name, **spec)
-    model.load_state_dict(read_backbone_state(path), strict=True)
+    try:
+        model = build_backbone(name, **spec)
+        model.load_state_dict(state, strict=True)
+    except (TypeError, RuntimeError) as exc:
+        raise UserError(f"{path} does not match the '{name}' backbone of this unveil version "
+                        f"({str(exc).splitlines()[0][:200]}): export it again with `unveil export RUN`") from None
     return model.eval()
