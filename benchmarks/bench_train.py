@@ -29,9 +29,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from unveil.build import build_method_for
 from unveil.config import resolve
 from unveil.data import load_data
-from unveil.train.engine import build_method_for, train
+from unveil.train.engine import train
 from unveil.train.logs import STEP_LOG, read_csv
 from unveil.views import view_preset
 

@@ -11,11 +11,11 @@ import yaml
 
 from unveil.bench.spec import SCALES, available_suites, data_present, load_suite, plan_suite
 from unveil.bench.suite import run_suite
+from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.errors import UserError
 from unveil.train import engine
 from unveil.train.checkpoint import load_checkpoint
-from unveil.train.engine import build_method_for
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.config import resolve
 from unveil.errors import UserError
@@ -114,7 +115,7 @@ def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder
     state = load_checkpoint(run / "last.ckpt")
     assert state["step"] == 0 and (run / "summary.json").is_file()
     torch.manual_seed(0)  # the engine seeds with train.seed (0) before building the method
-    fresh = engine.build_method_for(state["config"], dataset_info=state["data_info"])
+    fresh = build_method_for(state["config"], dataset_info=state["data_info"])
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state["model"].items())
     assert 0 <= evaluate_knn(run, k=5)["top1"] <= 100
     with pytest.raises(UserError, match="non-negative"):

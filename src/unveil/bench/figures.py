@@ -52,7 +52,7 @@ def reconstruction(p: Planned, path: Path) -> Path | None:
     method, _, _ = load_run(p.run_dir, load_data=False)
     if not hasattr(method, "reconstruct"):
         return None
-    from ..train.engine import load_dataset_for
+    from ..build import load_dataset_for
 
     images = load_dataset_for(p.cfg).test.images  # the current data.root, which may have moved
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:RECON_IMAGES].sort().values

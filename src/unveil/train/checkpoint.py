@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..build import build_method_for, load_dataset_for
 from ..errors import UserError, require
 from ..io import atomic_write
 
@@ -50,8 +51,6 @@ def load_run(path: str | Path, load_data: bool = True, device: str | torch.devic
 
     Returns ``(method, cfg, dataset)``; ``dataset`` is None when ``load_data`` is False.
     """
-    from .engine import build_method_for, load_dataset_for
-
     run_dir, ckpt_path = resolve_run(path)
     state = load_checkpoint(ckpt_path)
     cfg = state.get("config") or read_config(run_dir)

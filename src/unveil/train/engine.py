@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import methods as method_registry
-from ..backbones import build_backbone
+from ..build import build_method_for, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
 from . import dist
@@ -27,32 +27,6 @@ from .logs import RunLogger
 from .monitor import run_monitor
 from .optim import build_optimizer, lr_at
 from .precision import autocast, pick_device, pick_precision
-
-
-def load_dataset_for(cfg: dict[str, Any]):
-    from ..data import load_data
-
-    d = cfg["data"]
-    return load_data(d["name"], root=d["root"], image_size=d["image_size"], subset=d["subset"],
-                     test_subset=d["test_subset"], test_fraction=d["test_fraction"], split_seed=d["split_seed"])
-
-
-def data_info_of(dataset) -> dict[str, Any]:
-    return {"name": dataset.name, "num_classes": dataset.num_classes, "image_size": dataset.image_size,
-            "mean": tuple(dataset.mean), "std": tuple(dataset.std)}
-
-
-def build_method_for(cfg: dict[str, Any], dataset=None, dataset_info: dict | None = None) -> nn.Module:
-    """Backbone from the recipe's backbone section, method from its method section."""
-    info = method_registry.DataInfo(**(dataset_info or data_info_of(dataset)))
-    bb_cfg = dict(cfg["backbone"])
-    bb_name = bb_cfg.pop("name", None)
-    backbone = build_backbone(bb_name, **bb_cfg) if bb_name else None
-    kwargs = {k: v for k, v in cfg["method"].items() if k != "name"}
-    try:
-        return method_registry.build_method(cfg["method"]["name"], backbone=backbone, data_info=info, **kwargs)
-    except TypeError as exc:
-        raise UserError(f"method '{cfg['method']['name']}': bad setting ({exc}); check the method section of the recipe") from None
 
 
 def _channels_last_inputs(module: nn.Module) -> None:
