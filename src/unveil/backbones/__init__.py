@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from ..registry import import_submodules
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -23,12 +24,8 @@ def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callabl
 
 
 def _import_all() -> None:
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    # Importing the modules runs their @register_backbone decorators.
+    import_submodules(__name__, __path__)
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:

@@ -50,12 +50,9 @@ def register(name: str) -> Callable[[type], type]:
 
 def _import_all() -> None:
     # Importing the modules runs their @register decorators.
-    import importlib
-    import pkgutil
+    from ..registry import import_submodules
 
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    import_submodules(__name__, __path__)
 
 
 def available() -> list[str]:
