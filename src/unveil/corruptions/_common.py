@@ -4,11 +4,11 @@ Every corruption draws all its randomness from the ``torch.Generator`` it is giv
 device, so the same generator state gives the same output and no global RNG is touched. Random
 numbers are drawn in float32 whatever the batch dtype, so a bf16 batch gets the same masks, boxes
 and partners as a float32 batch from the same seed.
+The uniform sampler ``rand`` and ``no_autocast`` are shared with the views, in ``unveil.tensors``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import NoReturn
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..tensors import rand
 
 
 class CorruptionError(UserError, ValueError):
@@ -74,11 +75,6 @@ def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def rand(shape: Sequence[int], generator: torch.Generator) -> Tensor:
-    """Uniform [0, 1) float32 on the generator's device."""
-    return torch.rand(tuple(shape), generator=generator, device=generator.device)
-
-
 def sample_gamma(concentration: float, shape: Sequence[int], generator: torch.Generator, proposals: int = 16) -> Tensor:
     """Gamma(concentration, 1) samples drawn from ``generator`` (float32, generator's device).
 
@@ -123,10 +119,3 @@ def sample_beta(a: float, b: float, shape: Sequence[int], generator: torch.Gener
 def compute_dtype(x: Tensor) -> torch.dtype:
     """float32 for reduced-precision batches (accurate sums/differences), else the batch dtype."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast off, so a corruption computes in the dtype it chose inside a bf16 region too."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()

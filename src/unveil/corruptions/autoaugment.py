@@ -25,7 +25,8 @@ from torch import Tensor
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy, InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
-from ._common import check_batch, check_choice, check_generator, fail, rand
+from ..tensors import rand
+from ._common import check_batch, check_choice, check_generator, fail
 from .registry import Corruption, register_corruption
 
 POLICIES = {p.value: p for p in AutoAugmentPolicy}  # imagenet, cifar10, svhn

@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import check_batch, check_generator, fail, rand, sample_beta
+from ..tensors import rand
+from ._common import check_batch, check_generator, fail, sample_beta
 from .registry import Corruption, register_corruption
 
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..tensors import no_autocast, rand
 from ._common import (
     check_batch,
     check_fraction,
@@ -25,8 +26,6 @@ from ._common import (
     check_positive_int,
     compute_dtype,
     fail,
-    no_autocast,
-    rand,
 )
 from .registry import Corruption, register_corruption
 

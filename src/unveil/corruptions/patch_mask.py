@@ -15,7 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import check_fraction, check_generator, check_positive_int, fail, rand
+from ..tensors import rand
+from ._common import check_fraction, check_generator, check_positive_int, fail
 from .registry import Corruption, register_corruption
 
 

@@ -11,7 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import check_batch, check_fraction, check_generator, fail, rand
+from ..tensors import rand
+from ._common import check_batch, check_fraction, check_generator, fail
 from .registry import Corruption, register_corruption
 
 

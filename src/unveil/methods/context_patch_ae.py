@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..backbones import build_backbone
 from ..corruptions.context import context_patches, neighbour_index, patchify
 from ..errors import UserError, require
+from ..tensors import no_autocast, rand
 from ..views import eval_transform, ops
 from . import register
 from .denoising_ae import _unknown
@@ -64,8 +65,8 @@ def augment_images(x: Tensor, generator: torch.Generator, padding: int = 4, degr
     defaults): output pixel q reads input pixel R q + d, with d the crop's integer shift in
     [-pad, pad] and R a rotation by an angle uniform in [-degrees, degrees]."""
     b, _, h, w = x.shape
-    u = torch.rand((b, 3), generator=generator, device=generator.device).to(x.device)
-    with ops.no_autocast(x.device):
+    u = rand((b, 3), generator, x.device)
+    with no_autocast(x.device):
         x = x.float()
         if padding > 0 or degrees > 0:
             shift = (u[:, :2] * (2 * padding + 1)).floor().clamp(max=2 * padding) - padding

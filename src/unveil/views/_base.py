@@ -1,18 +1,10 @@
-"""Helpers shared by the view ops: float32 maths, seeded uniforms, per-sample broadcasting."""
+"""Helpers of the view ops: float32 copies, per-sample broadcasting (seeded uniforms and autocast
+switching are shared with the corruptions, in ``unveil.tensors``)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Turn autocast off on ``device``: views are computed in float32 whatever the caller's region."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -32,17 +24,6 @@ def owned(x: Tensor, inplace: bool) -> Tensor:
     if inplace and x.stride(1) != 0:
         return x
     return x.clone()
-
-
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Move small parameter tensors; host -> accelerator copies are queued without waiting
-    (device -> host ones must wait, or the host could read the buffer before it is filled)."""
-    return t.to(device, non_blocking=torch.device(device).type != "cpu")
-
-
-def rand(generator: torch.Generator, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Uniform [0, 1) drawn on the generator's device (no host sync), then moved to ``device``."""
-    return to_device(torch.rand(shape, generator=generator, device=generator.device), device)
 
 
 def col(v: Tensor) -> Tensor:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import col, no_autocast, owned, rand
+from ..tensors import no_autocast, rand
+from ._base import col, owned
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -106,7 +107,7 @@ def color_jitter(
     except hue, within float rounding), so no device sync is needed to pick the jittered ones."""
     with no_autocast(x.device):
         x = owned(x, inplace)
-        u = rand(generator, (x.shape[0], 5), x.device)
+        u = rand((x.shape[0], 5), generator, x.device)
         on = u[:, 4] < p
 
         def factor(column: int, strength: float) -> Tensor:
@@ -128,5 +129,5 @@ def random_grayscale(x: Tensor, p: float, generator: torch.Generator, inplace: b
     """Replace each sample by its 3-channel grayscale with probability ``p``."""
     with no_autocast(x.device):
         x = owned(x, inplace)
-        gray = col(rand(generator, (x.shape[0],), x.device) < p)
+        gray = col(rand((x.shape[0],), generator, x.device) < p)
         return torch.where(gray, rgb_to_grayscale(x), x, out=x)

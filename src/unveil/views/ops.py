@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import col, no_autocast, owned, rand, to_device, to_float
+from ..tensors import no_autocast, rand, to_device
+from ._base import col, owned, to_float
 from .color import (
     adjust_brightness,
     adjust_contrast,
@@ -40,7 +41,6 @@ __all__ = [
     "color_jitter",
     "gaussian_blur",
     "gaussian_kernels",
-    "no_autocast",
     "normalize",
     "random_grayscale",
     "random_horizontal_flip",
@@ -140,13 +140,13 @@ def random_resized_crop(
     """RandomResizedCrop (+ RandomHorizontalFlip with ``flip_p``, folded into the same resample)."""
     b, _, height, width = x.shape
     boxes = sample_crop_boxes(b, height, width, scale, ratio, generator, x.device)
-    flip = rand(generator, (b,), x.device) < flip_p if flip_p > 0 else None
+    flip = rand((b,), generator, x.device) < flip_p if flip_p > 0 else None
     return resized_crop(x, boxes, size, flip)
 
 
 def random_horizontal_flip(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Mirror each sample with probability ``p`` (standalone; the pipeline folds it into the crop)."""
-    flip = rand(generator, (x.shape[0],), x.device) < p
+    flip = rand((x.shape[0],), generator, x.device) < p
     return torch.where(col(flip), x.flip(-1), x)
 
 
@@ -195,7 +195,7 @@ def gaussian_blur(
     CPU there is nothing to sync with, so only the chosen samples are blurred."""
     with no_autocast(x.device):
         kernel_size = min(kernel_size, 2 * math.ceil(4 * sigma[1]) + 1)
-        u = rand(generator, (x.shape[0], 2), x.device)
+        u = rand((x.shape[0], 2), generator, x.device)
         on = u[:, 1] < p
         sig = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]
         if x.device.type != "cpu":

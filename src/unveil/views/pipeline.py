@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import require
+from ..tensors import no_autocast
 from . import ops
 from .config import ViewConfig
 
@@ -55,7 +56,7 @@ class ViewPipeline(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
         _check_images(images)
         cfg = self.cfg
-        with ops.no_autocast(images.device):
+        with no_autocast(images.device):
             x = ops.to_float(images)
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
@@ -88,7 +89,7 @@ def eval_transform(
     (ImageNet style: 224 <- 256), for small images a plain resize (cropping 32 px images would lose
     too much); resizing is antialiased bilinear. Then normalize (optional)."""
     _check_images(images)
-    with ops.no_autocast(images.device):
+    with no_autocast(images.device):
         x = ops.to_float(images)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
