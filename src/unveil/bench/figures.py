@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
 from ..train.logs import STEP_LOG, read_csv  # noqa: E402
-from .spec import Planned  # noqa: E402
+from .spec import Planned, pretrain_state  # noqa: E402
 
 RECON_IMAGES = 8
 
@@ -45,7 +45,6 @@ def reconstruction(p: Planned, path: Path) -> Path | None:
     """Clean | corrupted | reconstructed test images of a finished autoencoder run (made once)."""
     from ..train.checkpoint import load_run
     from ..viz.reconstruct import reconstruction_grid
-    from .suite import pretrain_state
 
     if path.is_file() or pretrain_state(p.run_dir) != "done":
         return path if path.is_file() else None

@@ -16,7 +16,8 @@ Layout of ``recipes/suites/<suite>.yaml``::
         scales: {smoke: [...]}      # optional per-entry, per-scale overrides
       - name: supervised-scratch    # trained *as* the fine-tune protocol, from random weights:
         train_as: {finetune: {epochs: 20, lr: 0.01}}   # -> train.epochs/lr/batch_size/optimizer/
-                                    # weight_decay, after eval.finetune.* overrides of the scale/caller
+                                    # weight_decay (and augment -> method.augment), after
+                                    # eval.finetune.* overrides of the scale/caller
         evaluate: [{finetune: {epochs: 20, lr: 0.01}}, {linear: {epochs: 5}}, {knn: {}}]
         paper: {finetune: 38.1, linear: 7.6}
         paper_setting: Caltech-256, ResNet-50 AE, 224 px
@@ -39,9 +40,10 @@ import yaml
 
 from ..config import merge, parse_overrides, recipes_dir, resolve, validate
 from ..errors import UserError, require
+from ..eval.settings import PROTOCOLS
 
 SCALES = ("smoke", "cpu", "gpu")
-PROTOCOLS = ("finetune", "linear", "knn", "monitor")
+__all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "load_suite", "plan_suite", "pretrain_state"]
 
 
 @dataclass
@@ -180,8 +182,19 @@ def data_present(name: str, root: str | None) -> bool:
         return False
 
 
+def pretrain_state(run_dir: Path) -> str:
+    """'done', 'partial' (a checkpoint to continue from) or 'new'."""
+    from ..train.checkpoint import CKPT_NAME
+    from ..train.logs import SUMMARY
+
+    if (run_dir / CKPT_NAME).is_file():
+        return "done" if (run_dir / SUMMARY).is_file() else "partial"
+    return "new"
+
+
 def check_protocol_settings(kind: str, settings: dict[str, Any], where: str) -> None:
-    from .suite import protocol_function
+    """Misspelt or unknown settings fail at planning time, naming the entry."""
+    from ..eval.protocols import protocol_function
 
     try:
         inspect.signature(protocol_function(kind)).bind("run", **settings)
@@ -217,6 +230,10 @@ def plan_suite(suite: Suite, scale: str, out_dir: str | Path, overrides: list[st
             check_protocol_settings("finetune", settings, f"{where}, train_as")
             keys = ("epochs", "lr", "batch_size", "optimizer", "weight_decay")
             cfg = merge(cfg, {"train": {k: settings[k] for k in keys if k in settings}})
+            if "augment" in settings:  # the fine-tune's augmentation switch is the supervised method's
+                require(cfg["method"]["name"] == "supervised",
+                        f"{where}: train_as with augment needs the supervised method, not {cfg['method']['name']}")
+                cfg = merge(cfg, {"method": {"augment": bool(settings["augment"])}})
             validate(cfg)
         run_dir = Path(out_dir) / entry.name
         cfg["out"] = str(run_dir)

@@ -3,8 +3,10 @@
 Resumable by construction, so a suite that takes an afternoon survives interruptions: an entry
 whose pretraining finished (``summary.json`` beside its checkpoint) is not retrained, an
 interrupted one continues from its last checkpoint, and an evaluation whose ``eval_<kind>.json``
-exists is read back instead of redone. A finished run trained with other settings is an error,
-not a silent reuse.
+records the same settings (protocol, every argument, data, checkpoint step) is read back instead
+of redone; one made with other settings runs again (one stderr line says why). An interrupted
+fine-tune continues from its own checkpoint. A finished run trained with other settings is an
+error, not a silent reuse.
 """
 
 from __future__ import annotations
@@ -12,79 +14,30 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import UserError, require
-from ..eval import protocols
+from ..eval.protocols import current_settings, protocol_function
+from ..eval.settings import comparable, differences, stale_reason
 from ..io import atomic_write_text
 from ..train import engine
-from ..train.checkpoint import CKPT_NAME, CONFIG_NAME
-from ..train.logs import EPOCH_LOG, SUMMARY, read_csv
-from .spec import Planned, Suite, check_only, load_suite, plan_suite
+from ..train.checkpoint import CONFIG_NAME
+from .spec import Planned, Suite, check_only, load_suite, plan_suite, pretrain_state
 from .table import result_row, write_results
 
 TIMINGS = "bench_timings.json"
-# Settings that may change between attempts without changing what a run computes.
-_VOLATILE = {("out",), ("data", "root"), ("train", "progress"), ("train", "device"), ("train", "log_every_steps"),
-             ("train", "ckpt_every_steps")}
-
-
-def evaluate_monitor(run: str | Path, metric: str = "test") -> dict[str, Any]:
-    """Best and last epoch of the run's own per-epoch monitor (``test_top1``: a classify monitor).
-
-    This is how the supervised-from-scratch row is evaluated: its training *is* the fine-tune
-    protocol from random weights, so its own per-epoch test accuracy is the comparable number."""
-    run_dir = Path(run)
-    rows = [r for r in read_csv(run_dir / EPOCH_LOG) if r.get(f"{metric}_top1") is not None]
-    require(bool(rows), f"{run_dir} logged no {metric}_top1 per epoch: train it with train.monitor=classify")
-    best = max(rows, key=lambda r: r[f"{metric}_top1"])
-    result = {"protocol": "monitor", "metric": f"{metric}_top1", "last_top1": rows[-1][f"{metric}_top1"],
-              "last_top5": rows[-1].get(f"{metric}_top5"), "best_top1": best[f"{metric}_top1"],
-              "best_top5": best.get(f"{metric}_top5"), "best_epoch": int(best["epoch"]), "history": rows,
-              "note": "the run's own per-epoch test accuracy; best_* selects the epoch on the test set"}
-    atomic_write_text(run_dir / "eval_monitor.json", json.dumps(result, indent=2))
-    return result
-
-
-def protocol_function(kind: str) -> Callable[..., dict[str, Any]]:
-    return {"finetune": protocols.evaluate_finetune, "linear": protocols.evaluate_linear,
-            "knn": protocols.evaluate_knn, "monitor": evaluate_monitor}[kind]
-
-
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    cfg = yaml.safe_load(yaml.safe_dump(cfg))  # tuples -> lists, as saved
-    for path in _VOLATILE:
-        node = cfg
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return cfg
-
-
-def _differences(a: Any, b: Any, where: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{where}{k}.")]
-    return [] if a == b else [f"{where.rstrip('.')}: {b!r} -> {a!r}"]
 
 
 def _check_same_settings(p: Planned) -> None:
     saved = yaml.safe_load((p.run_dir / CONFIG_NAME).read_text()) if (p.run_dir / CONFIG_NAME).is_file() else None
     if saved is None:
         return
-    diff = _differences(_comparable(p.cfg), _comparable(saved))
+    diff = differences(comparable(p.cfg), comparable(saved))
     require(not diff, f"{p.run_dir} was trained with other settings ({'; '.join(diff[:3])}): rerun with the same "
             "scale and overrides to resume it, or choose another --out")
-
-
-def pretrain_state(run_dir: Path) -> str:
-    """'done', 'partial' (a checkpoint to continue from) or 'new'."""
-    if (run_dir / CKPT_NAME).is_file():
-        return "done" if (run_dir / SUMMARY).is_file() else "partial"
-    return "new"
 
 
 def _log(message: str) -> None:
@@ -109,9 +62,20 @@ def on_disk(p: Planned) -> dict[str, Any]:
         _check_same_settings(p)
     except UserError:
         return {"status": "not run (the run on disk has other settings)"}
-    evals = {k: json.loads((p.run_dir / f"eval_{k}.json").read_text()) for k in p.evals
-             if (p.run_dir / f"eval_{k}.json").is_file()}
+    evals = {}
+    for kind, settings in p.evals.items():
+        saved = _saved_eval(p.run_dir, kind)
+        if saved is not None and stale_reason(saved, current_settings(kind, p.run_dir, **settings)) is None:
+            evals[kind] = saved  # numbers made with other settings are never shown
     return {"status": "done" if len(evals) == len(p.evals) else "evaluations missing", "evals": evals}
+
+
+def _saved_eval(run_dir: Path, kind: str) -> dict[str, Any] | None:
+    path = run_dir / f"eval_{kind}.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # unreadable: evaluate again
 
 
 def run_entry(p: Planned) -> dict[str, dict[str, Any]]:
@@ -129,10 +93,13 @@ def run_entry(p: Planned) -> dict[str, dict[str, Any]]:
         _record(p.run_dir, "pretrain_s", before + time.perf_counter() - start)
     results = {}
     for kind, settings in p.evals.items():
-        saved = p.run_dir / f"eval_{kind}.json"
-        if saved.is_file():
-            results[kind] = json.loads(saved.read_text())
+        saved = _saved_eval(p.run_dir, kind)
+        reason = stale_reason(saved, current_settings(kind, p.run_dir, **settings))
+        if saved is not None and reason is None:
+            results[kind] = saved  # same protocol, arguments, data and checkpoint step
             continue
+        if saved is not None:
+            _log(f"{p.entry.name}: eval_{kind}.json is not reused, {reason}: evaluating again")
         _log(f"{p.entry.name}: {kind} evaluation {settings or ''}")
         start = time.perf_counter()
         results[kind] = protocol_function(kind)(p.run_dir, **settings)

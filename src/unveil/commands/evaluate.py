@@ -1,4 +1,8 @@
-"""``unveil eval {knn,linear,finetune} RUN``: evaluate a run; prints and saves top-1/top-5."""
+"""``unveil eval {knn,linear,finetune} RUN``: evaluate a run; prints and saves top-1/top-5.
+
+``--eval-data DATA`` evaluates the run's encoder on other, labelled data (a folder of class
+folders, a registered dataset name or a Parquet folder), decoded at the run's image size: the
+way to evaluate a run trained on an unlabelled flat folder of photos."""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import argparse
 import json
 
 from ..errors import require
+
+EVAL_DATA_HELP = ("labelled data to evaluate on instead of the run's own (a folder of class folders, a registered "
+                  "dataset name or a Parquet folder), decoded at the run's image size; needed for runs trained "
+                  "on an unlabelled flat folder")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,16 +25,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("--k", type=int, default=200)
     knn.add_argument("--t", type=float, default=0.1, help="temperature")
     knn.add_argument("--device", default="auto")
+    knn.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     knn.set_defaults(func=run_knn)
 
-    lin = kinds.add_parser("linear", help="linear probe on frozen, cached features")
+    lin = kinds.add_parser("linear", help="linear probe on frozen, cached features",
+                           description="Linear probe on frozen features. The RR protocol (the context-patch paper's): "
+                           "--optimizer adam --lr 1e-3 --batch-size 128 --epochs 100 --no-standardize "
+                           "--schedule constant.")
     lin.add_argument("run")
     lin.add_argument("--epochs", type=int, default=100)
     lin.add_argument("--lr", type=float, default=1e-3)
     lin.add_argument("--batch-size", type=int, default=256)
     lin.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     lin.add_argument("--weight-decay", type=float, default=0.0)
+    lin.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                     help="standardise the features with the train statistics (default); the RR protocol does not")
+    lin.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                     help="learning-rate schedule (RR protocol: constant)")
     lin.add_argument("--device", default="auto")
+    lin.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     lin.set_defaults(func=run_linear)
 
     ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
@@ -36,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--batch-size", type=int, default=256)
     ft.add_argument("--optimizer", choices=("sgd", "adamw", "adam", "lars"), default="sgd")
     ft.add_argument("--weight-decay", type=float, default=1e-4)
+    ft.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="random-resized crops + flips while fine-tuning (default); --no-augment trains on the "
+                    "test view, as the overlay paper's fine-tune")
+    ft.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ft.set_defaults(func=run_finetune)
 
@@ -54,7 +75,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
     _positive("k", args.k)
     _positive("t", args.t)
-    _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device))
+    _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device, eval_data=args.eval_data))
     return 0
 
 
@@ -64,7 +85,8 @@ def run_linear(args: argparse.Namespace) -> int:
     for name in ("epochs", "lr", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device))
+                           optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device,
+                           standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data))
     return 0
 
 
@@ -74,5 +96,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     for name in ("epochs", "lr", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
     _print(evaluate_finetune(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             optimizer=args.optimizer, weight_decay=args.weight_decay, overrides=args.overrides))
+                             optimizer=args.optimizer, weight_decay=args.weight_decay, overrides=args.overrides,
+                             augment=args.augment, eval_data=args.eval_data))
     return 0

@@ -1,7 +1,10 @@
 """Linear probe on frozen, cached features.
 
-Features are extracted once (eval-mode backbone, no augmentation), standardised with the train
-statistics, and a single linear layer is trained on them; cheap enough to run on a CPU.
+Features are extracted once (eval-mode backbone, no augmentation), optionally standardised with
+the train statistics, and a single linear layer is trained on them; cheap enough to run on a CPU.
+Two variants are in use: ``standardize=True, schedule="cosine"`` (our default), and the RR
+protocol of Patacchiola & Storkey that the context-patch paper follows: raw features, Adam at a
+constant lr 1e-3, batch 128, 100 epochs (``standardize=False, schedule="constant"``).
 Reports the last epoch and the best epoch (the overlay paper reports the best *test* epoch,
 which selects the model on the test set; we report both and say which is which).
 """
@@ -14,13 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .knn import topk_accuracy
+
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int,
                  epochs: int = 100, lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 0.0,
-                 optimizer: str = "adam", seed: int = 0, standardize: bool = True) -> dict[str, Any]:
+                 optimizer: str = "adam", seed: int = 0, standardize: bool = True,
+                 schedule: str = "cosine") -> dict[str, Any]:
     """Train ``Linear(D, num_classes)`` on features; return top-1/top-5 per epoch, best and last."""
+    if schedule not in SCHEDULES:
+        raise UserError(f"linear probe schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"linear probe optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     g = torch.Generator().manual_seed(seed)
     train_x, test_x = train_x.float(), test_x.float()
     if standardize:
@@ -33,7 +45,9 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     else:
         opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, -(-len(train_x) // batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    sched: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch) if schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0))
     history = []
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(train_x), generator=g)

@@ -1,23 +1,43 @@
-"""Evaluation protocols on a run: kNN, linear probe (cached features), fine-tuning.
+"""Evaluation protocols on a run: kNN, linear probe (cached features), fine-tuning, the run's own monitor.
 
-Each returns a metrics dict and saves it as ``eval_<kind>.json`` in the run directory.
+Each returns a metrics dict and saves it as ``eval_<kind>.json`` in the run directory, with a
+``settings`` record: the protocol, every argument that changes the result, the checkpoint step and
+the evaluated data. A suite reuses a saved evaluation only when ``current_settings`` equals that
+record. ``eval_data`` evaluates the run's encoder on other, labelled data (decoded at the run's
+image size): the way to evaluate a run trained on an unlabelled flat folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ..errors import UserError, require
 from ..io import atomic_write, atomic_write_text
-from ..train.checkpoint import load_checkpoint, load_run, resolve_run
+from ..train.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config, resolve_run
 from ..train.precision import pick_device, pick_precision
 from .features import extract
 from .knn import knn_accuracy
 from .linear import linear_probe
+from .settings import PROTOCOLS, comparable, differences, plain
+
+FEATURES_VERSION = 2  # bump when extraction changes what the cached features hold
+_NOT_SETTINGS = {"run", "device"}  # arguments that do not change the result
+TEST_SELECTION_NOTE = "best_* selects the epoch on the test set (as the overlay paper does); last_* does not"
+
+
+def _log(message: str) -> None:
+    print(f"unveil eval: {message}", file=sys.stderr, flush=True)
 
 
 def _save(run_dir: Path, kind: str, result: dict[str, Any]) -> Path:
@@ -26,65 +46,207 @@ def _save(run_dir: Path, kind: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def cached_features(run: str | Path, device: str = "auto") -> tuple[dict[str, torch.Tensor], dict, Any]:
-    """Train/test features of the run's final checkpoint, extracted once and cached beside it."""
+def _state(run: str | Path) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+    """(run_dir, ckpt, checkpoint state, config) of a run directory or checkpoint."""
     run_dir, ckpt = resolve_run(run)
-    step = int(load_checkpoint(ckpt)["step"])
-    cache = run_dir / f"features_step{step}.safetensors"
+    state = load_checkpoint(ckpt)
+    cfg = state.get("config") or read_config(run_dir)
+    return run_dir, ckpt, state, cfg
+
+
+def data_identity(name: str) -> str:
+    """A registered dataset's canonical name, else the folder's absolute path (data.root left out)."""
+    from ..data.registry import canonical_name
+
+    return canonical_name(str(name)) or str(Path(str(name)).expanduser().resolve())
+
+
+def data_record(cfg: dict[str, Any], state: dict[str, Any], eval_data: str | None) -> dict[str, Any]:
+    """What data an evaluation reads: the run's own (as configured) or ``eval_data`` at the run's size."""
+    d = cfg["data"]
+    size = (state.get("data_info") or {}).get("image_size") or d["image_size"]
+    record = {"name": data_identity(eval_data if eval_data is not None else d["name"]), "image_size": size,
+              "subset": None if eval_data is not None else d["subset"],
+              "test_subset": None if eval_data is not None else d["test_subset"],
+              "test_fraction": d["test_fraction"], "split_seed": d["split_seed"]}
+    return {**record, "eval_data": eval_data is not None}
+
+
+def _record(kind: str, args: dict[str, Any], state: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    eval_data = args.get("eval_data")
+    if "overrides" in args:
+        args = {**args, "overrides": list(args["overrides"] or [])}
+    return plain({"protocol": kind, **{k: v for k, v in args.items() if k != "eval_data"},
+                  "step": int(state["step"]), "data": data_record(cfg, state, eval_data)})
+
+
+def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, Any]:
+    """The ``settings`` record ``protocol_function(kind)(run, **settings)`` would save now."""
+    bound = inspect.signature(protocol_function(kind)).bind(run, **settings)
+    bound.apply_defaults()
+    args = {k: v for k, v in bound.arguments.items() if k not in _NOT_SETTINGS}
+    _, _, state, cfg = _state(run)
+    return _record(kind, args, state, cfg)
+
+
+def _unlabelled(run_dir: Path, what: str) -> str:
+    return (f"{run_dir} was trained on unlabelled images (a flat folder, no classes): {what} needs labels; "
+            "give labelled data with --eval-data DATA (a folder of class folders, a registered dataset name "
+            "or a Parquet folder; eval_data=... in Python)")
+
+
+def _labelled(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], eval_data: str | None, what: str):
+    """The dataset to evaluate on: the run's own, or ``eval_data`` decoded at the run's image size."""
+    from ..build import load_dataset_for
+    from ..data import load_data
+
+    if eval_data is None:
+        require((state.get("data_info") or {}).get("num_classes", 1) > 0, _unlabelled(run_dir, what))
+        dataset = load_dataset_for(cfg)
+        require(dataset.num_classes > 0, _unlabelled(run_dir, what))
+        return dataset
+    d = cfg["data"]
+    size = (state.get("data_info") or {}).get("image_size") or d["image_size"]
+    dataset = load_data(str(eval_data), root=d["root"], image_size=size, test_fraction=d["test_fraction"],
+                        split_seed=d["split_seed"])
+    require(dataset.num_classes > 0, f"--eval-data {eval_data} has no labels (a flat folder): {what} needs a "
+            "folder of class folders, a registered dataset name or a labelled Parquet folder")
+    return dataset
+
+
+def _read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except Exception:
+        return None  # damaged cache: extract again
+
+
+def cached_features(run: str | Path, device: str = "auto", *, eval_data: str | None = None,
+                    what: str = "this evaluation") -> tuple[dict[str, torch.Tensor], dict, Any]:
+    """Train/test features of the run's final checkpoint, extracted once and cached beside it.
+
+    The cache file is keyed by everything that changes the features: the checkpoint step, the
+    evaluated data (identity, image size, subsets, split), and the precision of the extraction."""
+    run_dir, _, state, cfg = _state(run)
+    return _features(run_dir, state, cfg, device, eval_data, what)
+
+
+def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device: str, eval_data: str | None,
+              what: str) -> tuple[dict[str, torch.Tensor], dict, Any]:
+    from ..build import build_method_for
+
+    dataset = _labelled(run_dir, state, cfg, eval_data, what)
     dev = pick_device(device)
-    method, cfg, dataset = load_run(run, device=dev)
-    if cache.is_file():
-        try:
-            return load_file(str(cache)), cfg, dataset
-        except Exception:
-            pass  # damaged cache: extract again
     precision = pick_precision(cfg["train"]["precision"], dev)
+    step = int(state["step"])
+    key = json.dumps({"version": FEATURES_VERSION, "step": step, "data": data_record(cfg, state, eval_data),
+                      "precision": precision}, sort_keys=True)
+    cache = run_dir / f"features_step{step}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+    if cache.is_file():
+        hit = _read_cache(cache, key)
+        if hit is not None:
+            return hit, cfg, dataset
+    method = build_method_for(cfg, dataset_info=state.get("data_info"))
+    method.load_state_dict(state["model"])
+    method.to(dev).eval()
     feats = {
         "train_x": extract(method.embed, dataset.train.images, dev, precision),
         "train_y": dataset.train.labels.clone(),
         "test_x": extract(method.embed, dataset.test.images, dev, precision),
         "test_y": dataset.test.labels.clone(),
     }
-    atomic_write(cache, lambda tmp: save_file(feats, tmp))
+    atomic_write(cache, lambda tmp: save_file(feats, tmp, metadata={"key": key}))
     return feats, cfg, dataset
 
 
-def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device: str = "auto") -> dict[str, Any]:
-    feats, cfg, dataset = cached_features(run, device)
+def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device: str = "auto", *,
+                 eval_data: str | None = None) -> dict[str, Any]:
+    """Weighted kNN (cosine, ``exp(sim / T)`` votes) of the test features against the train features."""
+    run_dir, _, state, cfg = _state(run)
+    settings = _record("knn", {"k": k, "temperature": temperature, "eval_data": eval_data}, state, cfg)
+    feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "kNN")
     acc = knn_accuracy(feats["train_x"], feats["train_y"], feats["test_x"], feats["test_y"], dataset.num_classes,
                        k=k, temperature=temperature)
     result = {"protocol": "knn", "k": k, "temperature": temperature, "dataset": dataset.name,
-              "train_images": len(feats["train_y"]), "test_images": len(feats["test_y"]), **acc}
-    result["saved"] = str(_save(resolve_run(run)[0], "knn", result))
+              "train_images": len(feats["train_y"]), "test_images": len(feats["test_y"]), **acc,
+              "settings": settings}
+    result["saved"] = str(_save(run_dir, "knn", result))
     return result
+
+
+def linear_protocol_name(epochs: int, lr: float, batch_size: int, optimizer: str, weight_decay: float,
+                         standardize: bool, schedule: str) -> str:
+    """'RR' when the settings are the RR linear evaluation (Patacchiola & Storkey), else a plain description."""
+    if (epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule) == (100, 1e-3, 128, "adam", 0.0,
+                                                                                     False, "constant"):
+        return "RR linear evaluation (raw features, Adam 1e-3 constant, batch 128, 100 epochs)"
+    return (f"linear probe on {'standardised' if standardize else 'raw'} features, {optimizer} {lr:g} "
+            f"{schedule}, batch {batch_size}, {epochs} epochs")
 
 
 def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_size: int = 256,
-                    optimizer: str = "adam", weight_decay: float = 0.0, device: str = "auto") -> dict[str, Any]:
-    feats, cfg, dataset = cached_features(run, device)
+                    optimizer: str = "adam", weight_decay: float = 0.0, device: str = "auto", *,
+                    standardize: bool = True, schedule: str = "cosine",
+                    eval_data: str | None = None) -> dict[str, Any]:
+    """A linear layer on frozen features. ``standardize=False, schedule="constant"`` with Adam 1e-3,
+    batch 128 and 100 epochs is the RR protocol; the defaults standardise and decay the lr (cosine)."""
+    run_dir, _, state, cfg = _state(run)
+    args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+            "weight_decay": weight_decay, "standardize": standardize, "schedule": schedule, "eval_data": eval_data}
+    settings = _record("linear", args, state, cfg)
+    feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "the linear probe")
     res = linear_probe(feats["train_x"], feats["train_y"], feats["test_x"], feats["test_y"], dataset.num_classes,
-                       epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay)
-    result = {"protocol": "linear", "dataset": dataset.name, "optimizer": optimizer, "lr": lr,
-              "feature_dim": int(feats["train_x"].shape[1]), **res,
-              "note": "best_* selects the epoch on the test set (as the overlay paper does); last_* does not"}
-    result["saved"] = str(_save(resolve_run(run)[0], "linear", result))
+                       epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
+                       standardize=standardize, schedule=schedule)
+    name = linear_protocol_name(epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule)
+    result = {"protocol": "linear", "protocol_name": name, "dataset": dataset.name, "optimizer": optimizer, "lr": lr,
+              "batch_size": batch_size, "weight_decay": weight_decay, "standardize": standardize,
+              "schedule": schedule, "feature_dim": int(feats["train_x"].shape[1]), **res,
+              "note": TEST_SELECTION_NOTE, "settings": settings}
+    result["saved"] = str(_save(run_dir, "linear", result))
     return result
 
 
-def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch_size: int = 256,
-                      optimizer: str = "sgd", weight_decay: float = 1e-4, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights."""
-    from ..config import merge, parse_overrides, validate
-    from ..train.engine import train
+def _finetune_history(out: Path) -> list[dict[str, Any]]:
     from ..train.logs import EPOCH_LOG, read_csv
 
-    run_dir, ckpt = resolve_run(run)
-    base = load_checkpoint(ckpt)["config"]
-    method, _, _ = load_run(run, load_data=False)
+    return [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None]
+
+
+def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch_size: int = 256,
+                      optimizer: str = "sgd", weight_decay: float = 1e-4, overrides: list[str] | None = None, *,
+                      augment: bool = True, eval_data: str | None = None) -> dict[str, Any]:
+    """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights.
+
+    ``augment=False`` trains on the deterministic test view (the overlay paper: "no additional
+    augmentation"); the default trains on random-resized crops + flips. The fine-tune lives in
+    ``RUN/finetune``: an interrupted one with the same settings is continued from its checkpoint,
+    a finished one is read back, one made with other settings is started over (said on stderr)."""
+    from ..config import merge, parse_overrides, validate
+    from ..train import engine
+    from ..train.logs import SUMMARY
+
+    run_dir, ckpt, state, base = _state(run)
+    args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+            "weight_decay": weight_decay, "overrides": overrides, "augment": augment,
+            "eval_data": eval_data}
+    settings = _record("finetune", args, state, base)
+    if eval_data is None:
+        require((state.get("data_info") or {}).get("num_classes", 1) > 0, _unlabelled(run_dir, "fine-tuning"))
+    from ..build import build_method_for
+
+    method = build_method_for(base, dataset_info=state.get("data_info"))
     spec = getattr(method, "backbone_spec", None) or base["backbone"]
     out = run_dir / "finetune"
     cfg = merge(base, {"out": str(out)})
-    cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True))}
+    if eval_data is not None:
+        size = (state.get("data_info") or {}).get("image_size") or base["data"]["image_size"]
+        cfg["data"].update({"name": str(eval_data), "image_size": size, "subset": None, "test_subset": None})
+    cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True)),
+                     "augment": bool(augment)}
     cfg["backbone"] = dict(spec)
     cfg["train"].update({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
                          "weight_decay": weight_decay, "monitor": "classify", "monitor_every_epochs": 1,
@@ -93,17 +255,71 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     if overrides:
         cfg = merge(cfg, parse_overrides(overrides))
     validate(cfg)
-    if (out / "last.ckpt").exists():
-        import shutil
+    if eval_data is not None:  # one clear line before training if the data has no labels
+        _labelled(run_dir, state, base, eval_data, "fine-tuning")
 
-        shutil.rmtree(out)
-    train(cfg)
-    history = [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None]
+    marker = out / "eval_settings.json"
+    if (out / CKPT_NAME).is_file():
+        saved_cfg = read_config(out) if (out / CONFIG_NAME).is_file() else {}
+        saved = json.loads(marker.read_text()) if marker.is_file() else None
+        volatile = {("out",), ("data", "root"), ("train", "progress"), ("train", "device"),
+                    ("train", "log_every_steps"), ("train", "ckpt_every_steps"), ("train", "init_backbone")}
+        diff = differences(comparable(cfg, volatile), comparable(saved_cfg, volatile))
+        if saved is None:
+            diff.append("no settings recorded")
+        elif saved != settings:
+            diff += differences(settings, saved)
+        if diff:
+            _log(f"{out} was fine-tuned with other settings ({'; '.join(diff[:3])}): starting it over")
+            shutil.rmtree(out)
+        elif (out / SUMMARY).is_file():
+            _log(f"{out}: the fine-tune with these settings already finished, read back")
+        else:
+            step = int(load_checkpoint(out / CKPT_NAME)["step"])
+            _log(f"{out}: continuing the interrupted fine-tune from step {step}")
+            engine.train(cfg, resume=out)
+    if not (out / CKPT_NAME).is_file():
+        if out.exists():
+            shutil.rmtree(out)  # logs of an attempt that never reached a checkpoint
+        out.mkdir(parents=True)
+        atomic_write_text(marker, json.dumps(settings, indent=2))
+        engine.train(cfg)
+    history = _finetune_history(out)
+    require(bool(history), f"{out} logged no test accuracy: the fine-tune did not finish an epoch")
     best = max(history, key=lambda r: r["test_top1"])
-    result = {"protocol": "finetune", "dataset": base["data"]["name"], "epochs": epochs, "lr": lr,
+    result = {"protocol": "finetune", "dataset": cfg["data"]["name"], "epochs": epochs, "lr": lr,
+              "batch_size": batch_size, "optimizer": optimizer, "weight_decay": weight_decay, "augment": augment,
               "last_top1": history[-1]["test_top1"], "last_top5": history[-1]["test_top5"],
               "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": int(best["epoch"]),
-              "history": history,
-              "note": "best_* selects the epoch on the test set (as the overlay paper does); last_* does not"}
+              "history": history, "note": TEST_SELECTION_NOTE, "settings": settings}
     result["saved"] = str(_save(run_dir, "finetune", result))
     return result
+
+
+def evaluate_monitor(run: str | Path, metric: str = "test") -> dict[str, Any]:
+    """Best and last epoch of the run's own per-epoch monitor (``test_top1``: a classify monitor).
+
+    This is how the supervised-from-scratch row is evaluated: its training *is* the fine-tune
+    protocol from random weights, so its own per-epoch test accuracy is the comparable number."""
+    from ..train.logs import EPOCH_LOG, read_csv
+
+    run_dir, _, state, cfg = _state(run)
+    rows = [r for r in read_csv(run_dir / EPOCH_LOG) if r.get(f"{metric}_top1") is not None]
+    require(bool(rows), f"{run_dir} logged no {metric}_top1 per epoch: train it with train.monitor=classify")
+    best = max(rows, key=lambda r: r[f"{metric}_top1"])
+    result = {"protocol": "monitor", "metric": f"{metric}_top1", "last_top1": rows[-1][f"{metric}_top1"],
+              "last_top5": rows[-1].get(f"{metric}_top5"), "best_top1": best[f"{metric}_top1"],
+              "best_top5": best.get(f"{metric}_top5"), "best_epoch": int(best["epoch"]), "history": rows,
+              "note": "the run's own per-epoch test accuracy; best_* selects the epoch on the test set",
+              "settings": _record("monitor", {"metric": metric}, state, cfg)}
+    atomic_write_text(run_dir / "eval_monitor.json", json.dumps(result, indent=2))
+    return result
+
+
+def protocol_function(kind: str) -> Callable[..., dict[str, Any]]:
+    """The function behind a suite's ``evaluate: [{kind: settings}]`` item."""
+    functions = {"finetune": evaluate_finetune, "linear": evaluate_linear, "knn": evaluate_knn,
+                 "monitor": evaluate_monitor}
+    if kind not in functions:
+        raise UserError(f"unknown evaluation protocol '{kind}'; known: {', '.join(PROTOCOLS)}")
+    return functions[kind]

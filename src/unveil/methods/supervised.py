@@ -1,4 +1,8 @@
-"""Supervised training (baseline, and the fine-tuning protocol): backbone + linear head, cross-entropy."""
+"""Supervised training (baseline, and the fine-tuning protocol): backbone + linear head, cross-entropy.
+
+``augment=False`` trains on the deterministic evaluation view (the test transform), as the overlay
+paper's fine-tune does ("no additional augmentation is applied"); the default keeps the
+random-resized-crop + flip views of the ``supervised`` preset."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from . import DataInfo, register
 class Supervised(nn.Module):
     def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,
                  view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
-                 **unused: Any):
+                 augment: bool = True, **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"unknown supervised settings: {', '.join(unused)}")
@@ -24,12 +28,14 @@ class Supervised(nn.Module):
         self.data_info = data_info
         self.normalize = normalize
         self.label_smoothing = label_smoothing
+        self.augment = bool(augment)
         self.head = nn.Linear(backbone.num_features, data_info.num_classes)
         self.views = ViewPipeline(view_preset(view_preset_name, data_info.image_size, mean=tuple(data_info.mean),
                                               std=tuple(data_info.std), normalize=normalize, **(views or {})))
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        logits = self.head(self.backbone(self.views(images, generator)))
+        inputs = self.views(images, generator) if self.augment else self._eval_input(images)
+        logits = self.head(self.backbone(inputs))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(1) == labels).float().mean() * 100
         return {"loss": loss, "train_acc": acc}
