@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from unveil import cli
+from unveil.commands import preview as preview_command
 from unveil.corruptions import CORRUPTIONS
 from unveil.viz import preview
 from unveil.viz.grid import draw_boxes, labelled_grid, mask_image
@@ -50,7 +51,7 @@ def test_grid_helpers():
 
 
 def test_cli_writes_png_with_yaml_params(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(preview, "load_images", lambda data, n, size: fake_images(n))
+    monkeypatch.setattr(preview_command, "load_images", lambda data, n, size: fake_images(n))
     out = tmp_path / "sub" / "overlay.png"
     code = cli.main(["preview", "overlay", "--alpha", "[0.1, 0.4]", "--partner", "derangement",
                      "--data", "fake", "--n", "3", "-o", str(out)])
@@ -65,7 +66,7 @@ def test_cli_list_and_errors(tmp_path, monkeypatch, capsys):
     assert cli.main(["preview", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in CORRUPTIONS) and "alpha=0.3" in listed
-    monkeypatch.setattr(preview, "load_images", lambda data, n, size: fake_images(n))
+    monkeypatch.setattr(preview_command, "load_images", lambda data, n, size: fake_images(n))
     out = str(tmp_path / "x.png")
     assert cli.main(["preview", "overlay", "--alpha", "0.5", "--data", "fake", "-o", out]) == 2
     assert "alpha must lie in [0, 0.5)" in capsys.readouterr().err

@@ -17,9 +17,9 @@ COMMAND_MODULES = (
     "unveil.commands.evaluate",
     "unveil.commands.export",
     "unveil.commands.demo",
-    "unveil.viz.preview",
-    "unveil.viz.reconstruct",
-    "unveil.bench.cli",
+    "unveil.commands.preview",
+    "unveil.commands.reconstruct",
+    "unveil.commands.bench",
 )
 
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..bench.spec import SCALES, available_suites, load_suite, plan_suite
 from ..errors import require
-from .spec import SCALES, available_suites, load_suite, plan_suite
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{t['epochs']} epochs x batch {t['batch_size']}, evaluate {p.evals} -> {p.run_dir}"
                   + (f"  [{'; '.join(p.notes)}]" if p.notes else ""))
         return 0
-    from .suite import run_suite
+    from ..bench.suite import run_suite
 
     try:
         run_suite(suite, args.scale, out, overrides, only)
