@@ -33,7 +33,7 @@ from ..errors import UserError, require
 from ..tensors import no_autocast, rand
 from ..views import eval_transform, ops
 from . import register
-from .denoising_ae import _unknown
+from ._common import reject_unknown_settings
 
 
 class PatchDecoder(nn.Module):
@@ -95,7 +95,7 @@ class ContextPatchAE(nn.Module):
                  augment_jitter_p: float = 0.8, naive: bool = False, image_size: int | None = None,
                  **kwargs: Any):
         super().__init__()
-        _unknown(kwargs, "context_patch_ae", "tower, tower_kwargs, mode, grid, decoder_hidden, decoder_channels, "
+        reject_unknown_settings(kwargs, "context_patch_ae", "tower, tower_kwargs, mode, grid, decoder_hidden, decoder_channels, "
                  "decoder_upsample, reduction, augment, augment_padding, augment_degrees, augment_jitter, "
                  "augment_jitter_p, naive, image_size")
         require(mode in ("context", "simple"), f"method.mode must be context or simple, got {mode!r}")

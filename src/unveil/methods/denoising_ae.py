@@ -27,16 +27,12 @@ from ..backbones.resnet_ae import CONFIGS, UPSAMPLE_MODES, ResNetAEDecoder, ResN
 from ..corruptions.autoaugment import POLICIES, autoaugment
 from ..corruptions.overlay import PARTNER_MODES, check_alpha, paired_overlay
 from ..corruptions.pixel_mask import random_pixel_mask
-from ..errors import UserError, require
+from ..errors import require
 from ..views import ViewPipeline, eval_transform, view_preset
 from . import register
+from ._common import reject_unknown_settings
 
 CORRUPTIONS = ("overlay", "pixel_mask", "autoaugment", "none")
-
-
-def _unknown(kwargs: dict[str, Any], method: str, known: str) -> None:
-    if kwargs:
-        raise UserError(f"unknown setting(s) method.{', method.'.join(sorted(kwargs))} for {method}: known ones are {known}")
 
 
 @register("denoising_ae")
@@ -49,7 +45,7 @@ class DenoisingAE(nn.Module):
                  autoaugment_target: str = "clean", autoaugment_policy: str = "imagenet",
                  views: dict[str, Any] | None = None, image_size: int | None = None, **kwargs: Any):
         super().__init__()
-        _unknown(kwargs, "denoising_ae", "arch, cifar, upsample, corruption, alpha, partner, mask_ratio, "
+        reject_unknown_settings(kwargs, "denoising_ae", "arch, cifar, upsample, corruption, alpha, partner, mask_ratio, "
                  "autoaugment_target, autoaugment_policy, views, image_size")
         require(arch in CONFIGS, f"method.arch must be one of {', '.join(CONFIGS)}, got {arch!r}")
         require(upsample in UPSAMPLE_MODES, f"method.upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
