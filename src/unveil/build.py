@@ -30,10 +30,41 @@ def data_info_of(dataset) -> dict[str, Any]:
             "mean": tuple(dataset.mean), "std": tuple(dataset.std)}
 
 
+CIFAR_STEM_MAX_SIZE = 32  # the 3x3/1 stem keeps full resolution; above this, the standard 7x7/2 + max-pool
+
+
+def backbone_config(backbone: dict[str, Any], image_size: int) -> tuple[dict[str, Any], str]:
+    """The backbone section with ``cifar_stem: auto`` decided for ``image_size``, and why (one line).
+
+    Auto picks the CIFAR stem for images of 32 px or less, the standard stem above (the CIFAR stem
+    on 64 px images costs ~8x the compute of the standard one). Towers that only have the CIFAR
+    stem (their builder defaults to it, e.g. the RR patch towers) keep it."""
+    spec = dict(backbone)
+    name, stem = spec.get("name"), spec.get("cifar_stem", "auto")
+    if not name or "cifar_stem" not in spec:
+        return spec, ""
+    if stem == "auto":
+        import inspect
+
+        from .backbones import backbone_builder
+
+        param = inspect.signature(backbone_builder(name)).parameters.get("cifar_stem")
+        if param is not None and param.default is True:
+            spec["cifar_stem"] = True
+            return spec, f"{name} has only the CIFAR stem"
+        spec["cifar_stem"] = image_size <= CIFAR_STEM_MAX_SIZE
+        stem = spec["cifar_stem"]
+        why = (f"images are {image_size} px (<= {CIFAR_STEM_MAX_SIZE}): the CIFAR stem keeps their resolution" if stem
+               else f"images are {image_size} px (> {CIFAR_STEM_MAX_SIZE}): backbone.cifar_stem=true would keep full "
+               "resolution at ~8x the compute")
+        return spec, f"{name} with the {'CIFAR stem (3x3/1, no max-pool)' if stem else 'standard stem (7x7/2 + max-pool)'}, auto: {why}"
+    return spec, f"{name} with the {'CIFAR' if stem else 'standard'} stem (backbone.cifar_stem={str(bool(stem)).lower()})"
+
+
 def build_method_for(cfg: dict[str, Any], dataset=None, dataset_info: dict | None = None) -> nn.Module:
-    """Backbone from the recipe's backbone section, method from its method section."""
+    """Backbone from the recipe's backbone section (stem decided for the data), method from its method section."""
     info = method_registry.DataInfo(**(dataset_info or data_info_of(dataset)))
-    bb_cfg = dict(cfg["backbone"])
+    bb_cfg, _ = backbone_config(cfg["backbone"], info.image_size)
     bb_name = bb_cfg.pop("name", None)
     backbone = build_backbone(bb_name, **bb_cfg) if bb_name else None
     kwargs = {k: v for k, v in cfg["method"].items() if k != "name"}

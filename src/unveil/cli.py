@@ -34,16 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Under torchrun, an error on any rank ends every rank within seconds."""
+    from .train import dist
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except UserError as exc:
-        print(f"unveil: error: {exc}", file=sys.stderr)
+        where = f" (rank {dist.rank()})" if dist.is_dist() else ""
+        print(f"unveil: error{where}: {exc}", file=sys.stderr, flush=True)
+        dist.fail_fast(str(exc), 2)
         return 2
     except KeyboardInterrupt:
         print("unveil: interrupted; completed checkpoints are intact (resume with --resume RUN_DIR)", file=sys.stderr)
+        dist.fail_fast("interrupted", 130)
         return 130
+    except Exception as exc:
+        if not dist.is_dist():
+            raise
+        import traceback
+
+        traceback.print_exc()
+        dist.fail_fast(f"{type(exc).__name__}: {exc}", 1)
+        raise
+    dist.finish()
+    return code
 
 
 if __name__ == "__main__":

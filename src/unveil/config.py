@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from .errors import UserError, require
 
 DEFAULTS: dict[str, Any] = {
     "method": {"name": "simclr"},  # every other key is passed to the method's constructor
-    "backbone": {"name": "resnet18", "cifar_stem": True},
+    # cifar_stem auto: the 3x3/1 stem without max-pool for images of 32 px or less, the standard
+    # 7x7/2 + max-pool stem above (the CIFAR stem at 64 px costs ~8x the compute)
+    "backbone": {"name": "resnet18", "cifar_stem": "auto"},
     "data": {
         "name": "cifar10",  # a registered name, an image folder, or a folder of Parquet files
         "root": None,  # where registered datasets live (default: $UNVEIL_DATA or ~/.cache/unveil/data)
@@ -42,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "cosine",  # cosine | constant | cosine_epoch (per-epoch steps, as the AE repos)
         "warmup_epochs": 0.0,
         "min_lr": 0.0,
+        "grad_clip_norm": None,  # clip the global gradient norm to this value (None: no clipping)
+        "accumulate_steps": 1,  # split each batch into this many micro-batches (same batch, less memory)
         "precision": "auto",  # auto | bf16 | fp32
         "channels_last": True,
         "compile": False,
@@ -53,8 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "monitor_every_epochs": 1,
         "knn_k": 200,
         "knn_t": 0.1,
-        "monitor_train_size": 10000,
-        "monitor_test_size": 5000,
+        # kNN bank / query sizes; auto keeps the monitor near 5-10 % of an epoch (see train.monitor)
+        "monitor_train_size": "auto",
+        "monitor_test_size": "auto",
         "init_backbone": None,  # safetensors/ckpt with backbone weights to start from (fine-tuning)
         "freeze_backbone": False,  # linear probing through the engine
         "progress": True,
@@ -63,6 +69,27 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _OPEN_SECTIONS = ("method", "backbone")  # free-form keys go to constructors
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the numbers people write: ``1e-4`` and ``3e-2`` are floats (YAML 1.1, and so
+    PyYAML's safe loader, reads a float without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe / suite / run-config YAML (numbers such as ``5e-4`` read as floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def recipes_dir() -> Path:
@@ -85,7 +112,7 @@ def load_recipe(recipe: str | Path | None) -> dict[str, Any]:
             f"recipe '{recipe}' not found: give a YAML path or one of {', '.join(available_recipes())}"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     require(isinstance(data, dict), f"recipe {path} must be a mapping of sections (method, data, train, ...)")
@@ -126,8 +153,44 @@ def resolve(recipe: str | Path | None = None, overrides: list[str] | dict | None
     return cfg
 
 
+_NUMBER = (int, float)
+# Expected type per field where the default alone does not say it (None defaults, numbers).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "train.max_steps": (int, type(None)),
+    "train.lr": _NUMBER, "train.weight_decay": _NUMBER, "train.momentum": _NUMBER,
+    "train.warmup_epochs": _NUMBER, "train.min_lr": _NUMBER, "train.knn_t": _NUMBER,
+    "train.grad_clip_norm": (*_NUMBER, type(None)),
+    "train.monitor_train_size": (int, str, type(None)), "train.monitor_test_size": (int, str, type(None)),
+    "train.init_backbone": (str, type(None)),
+    "data.root": (str, type(None)), "data.image_size": (int, type(None)), "data.subset": (int, type(None)),
+    "data.test_subset": (int, type(None)), "data.test_fraction": _NUMBER,
+    "out": (str, type(None)),
+}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             type(None): "null"}
+    shown = [t for t in types if not (t is int and float in types)]  # "a number" covers integers
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in shown))
+
+
+def _check_types(cfg: dict[str, Any]) -> None:
+    """Every train/data field has the type its default has: ``train.lr: fast`` fails here, in one line."""
+    for section in ("train", "data"):
+        for key, default in DEFAULTS[section].items():
+            name, value = f"{section}.{key}", cfg[section].get(key)
+            types = _TYPES.get(name) or ((float, int) if isinstance(default, float) else (type(default),))
+            if isinstance(default, list):
+                types = (list,)
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+            require(ok, f"{name} must be {_type_name(types)}, got {value!r} ({type(value).__name__})")
+    require(isinstance(cfg.get("out"), (str, type(None))), f"out must be a folder path, got {cfg.get('out')!r}")
+
+
 def validate(cfg: dict[str, Any]) -> None:
-    """Range checks, once, naming the field."""
+    """Types, then ranges, once, naming the field and the value."""
+    _check_types(cfg)
     t = cfg["train"]
 
     def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -140,10 +203,16 @@ def validate(cfg: dict[str, Any]) -> None:
     positive_int("train.batch_size", t["batch_size"])
     if t["max_steps"] is not None:
         positive_int("train.max_steps", t["max_steps"])
-    require(isinstance(t["lr"], (int, float)) and t["lr"] > 0, f"train.lr must be > 0, got {t['lr']!r}")
+    require(t["lr"] > 0, f"train.lr must be > 0, got {t['lr']!r}")
     require(t["weight_decay"] >= 0, f"train.weight_decay must be >= 0, got {t['weight_decay']!r}")
     require(0 <= t["momentum"] < 1, f"train.momentum must be in [0, 1), got {t['momentum']!r}")
     require(t["warmup_epochs"] >= 0, f"train.warmup_epochs must be >= 0, got {t['warmup_epochs']!r}")
+    require(t["grad_clip_norm"] is None or t["grad_clip_norm"] > 0,
+            f"train.grad_clip_norm must be > 0 (or null for no clipping), got {t['grad_clip_norm']!r}")
+    positive_int("train.accumulate_steps", t["accumulate_steps"])
+    require(t["batch_size"] % t["accumulate_steps"] == 0,
+            f"train.batch_size={t['batch_size']} must be a multiple of train.accumulate_steps={t['accumulate_steps']} "
+            "(each batch is split into that many micro-batches)")
     choices = {
         "optimizer": ("sgd", "lars", "adamw", "adam"),
         "schedule": ("cosine", "constant", "cosine_epoch"),
@@ -153,6 +222,10 @@ def validate(cfg: dict[str, Any]) -> None:
     }
     for key, allowed in choices.items():
         require(t[key] in allowed, f"train.{key} must be one of {', '.join(allowed)}, got {t[key]!r}")
+    for key in ("monitor_train_size", "monitor_test_size"):
+        value = t[key]
+        require(value in (None, "auto") or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
+                f"train.{key} must be auto, null (all images) or a positive integer, got {value!r}")
     positive_int("train.knn_k", t["knn_k"])
     require(t["knn_t"] > 0, f"train.knn_t must be > 0, got {t['knn_t']!r}")
     require(t["ckpt_every_steps"] >= 0, "train.ckpt_every_steps must be >= 0 (0 = each epoch only)")
@@ -163,6 +236,8 @@ def validate(cfg: dict[str, Any]) -> None:
         if d[key] is not None:
             positive_int(f"data.{key}", d[key])
     require(isinstance(cfg["method"].get("name"), str), "method.name must be set (e.g. simclr)")
+    stem = cfg["backbone"].get("cifar_stem", "auto")
+    require(stem in (True, False, "auto"), f"backbone.cifar_stem must be auto, true or false, got {stem!r}")
 
 
 def save_resolved(cfg: dict[str, Any], path: Path) -> None:

@@ -34,3 +34,11 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}': choose one of {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name](**kwargs)
+
+
+def backbone_builder(name: str) -> Callable[..., nn.Module]:
+    """The registered builder for ``name`` (to inspect its settings); unknown names get one line."""
+    _import_all()
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone '{name}': choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from ..build import build_method_for, load_dataset_for
+from ..build import backbone_config, build_method_for, load_dataset_for
+from ..config import load_yaml
 from ..errors import UserError, require
 from ..io import atomic_write
 
@@ -43,7 +43,7 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
 def read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_NAME
     require(path.is_file(), f"{run_dir} has no {CONFIG_NAME}: is it a run directory of 'unveil pretrain'?")
-    return yaml.safe_load(path.read_text())
+    return load_yaml(path.read_text())
 
 
 def load_run(path: str | Path, load_data: bool = True, device: str | torch.device = "cpu"):
@@ -54,6 +54,8 @@ def load_run(path: str | Path, load_data: bool = True, device: str | torch.devic
     run_dir, ckpt_path = resolve_run(path)
     state = load_checkpoint(ckpt_path)
     cfg = state.get("config") or read_config(run_dir)
+    if state.get("data_info"):  # backbone.cifar_stem: auto -> what this run trained with
+        cfg = {**cfg, "backbone": backbone_config(cfg["backbone"], state["data_info"]["image_size"])[0]}
     dataset = load_dataset_for(cfg) if load_data else None
     method = build_method_for(cfg, dataset_info=state.get("data_info"))
     method.load_state_dict(state["model"])

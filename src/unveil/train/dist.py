@@ -1,11 +1,24 @@
-"""Thin helpers over torch.distributed (launched by torchrun); single process when not launched."""
+"""Thin helpers over torch.distributed (launched by torchrun); single process when not launched.
+
+Fail fast: a rank that stops on an error posts its one-line message to the process group's
+key-value store and exits at once; every other rank watches that store from a daemon thread and
+exits within about a second with that message, instead of waiting at the next barrier or
+collective until the (30-minute) timeout.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
+
+_FAILED_KEY = "unveil/failed"
+_WATCH_INTERVAL_S = 0.5
+_finishing = threading.Event()
 
 
 def init_from_env(device: torch.device) -> None:
@@ -15,6 +28,59 @@ def init_from_env(device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend=backend)
+        _start_watch()
+
+
+def _store():
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()  # the store every rank already shares
+
+
+def _start_watch() -> None:
+    _finishing.clear()
+    store, me = _store(), rank()
+
+    def watch() -> None:
+        while not _finishing.wait(_WATCH_INTERVAL_S):
+            try:
+                failed = store.check([_FAILED_KEY])
+                message = store.get(_FAILED_KEY).decode() if failed else None
+            except Exception:  # the store went away: the rank that hosted it has stopped
+                if _finishing.wait(3.0):
+                    return
+                message = "lost contact with the other processes (one of them stopped)"
+            if message is not None and not _finishing.is_set():
+                _exit_now(f"unveil: error: rank {me} stopping because {message}", 1)
+
+    threading.Thread(target=watch, name="unveil-fail-fast", daemon=True).start()
+
+
+def _exit_now(line: str, code: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter shutdown: it would wait on the process group
+
+
+def fail_fast(message: str, code: int = 1) -> None:
+    """Called on a rank that hit an error: tell the other ranks, then exit this process now."""
+    if not is_dist():
+        return
+    try:
+        _store().set(_FAILED_KEY, f"rank {rank()} failed: {message}")
+    except Exception:
+        pass  # the others still notice this process is gone
+    time.sleep(2 * _WATCH_INTERVAL_S)  # let a store hosted by this rank serve the message
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter shutdown: it would wait on the process group
+
+
+def finish() -> None:
+    """Normal end: stop watching (the others may now exit and close the store), leave the group."""
+    _finishing.set()
+    if is_dist():
+        dist.destroy_process_group()
 
 
 def is_dist() -> bool:
@@ -66,7 +132,3 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(all_gather(t), dim=0)
 
-
-def cleanup() -> None:
-    if is_dist():
-        dist.destroy_process_group()

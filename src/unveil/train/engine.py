@@ -1,31 +1,38 @@
 """The one thin training wrapper that serves every method.
 
-It owns what methods should not: devices, precision, the optimizer and schedule, DDP, the data
-order, checkpoints, logs, the progress bar and the per-epoch monitor. A method is any module
-following the contract in ``unveil.methods``.
+It owns what methods should not: devices, precision, the optimizer and schedule, gradient
+clipping and accumulation, DDP, the data order, checkpoints, logs, the progress bar and the
+per-epoch monitor. A method is any module following the contract in ``unveil.methods``.
+
+``train`` reads as its phases: start (device, processes, run directory), data, model, optimizer,
+restore (exact resume), announce, the loop of steps, and the end of each epoch (checkpoint first,
+then the monitor, so a failing monitor loses nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import methods as method_registry
-from ..build import build_method_for, data_info_of, load_dataset_for
+from ..build import backbone_config, build_method_for, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
 from . import dist
 from .checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from .loader import TensorBatches
 from .logs import RunLogger
-from .monitor import run_monitor
-from .optim import build_optimizer, lr_at
+from .monitor import has_labels, monitor_sizes, run_monitor, unlabelled_figures
+from .optim import build_optimizer, lr_at, set_lr
 from .precision import autocast, pick_device, pick_precision
 
 
@@ -55,14 +62,60 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
     return Path("runs") / f"{cfg['method']['name']}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds, filled phase by phase."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    precision: str
+    rank: int
+    world: int
+    run_dir: Path
+    ckpt_state: dict[str, Any] | None
+    dataset: Any = None
+    stem_note: str = ""
+    method: nn.Module = None  # type: ignore[assignment]
+    model: nn.Module = None  # type: ignore[assignment]  # the method, DDP-wrapped when distributed
+    step_fn: Any = None
+    batches: TensorBatches = None  # type: ignore[assignment]
+    optimizer: torch.optim.Optimizer = None  # type: ignore[assignment]
+    generator: torch.Generator = None  # type: ignore[assignment]
+    base_lr: float = 0.0
+    total_steps: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    logger: RunLogger = None  # type: ignore[assignment]
+    labelled: bool = True
+
+    @property
+    def t(self) -> dict[str, Any]:
+        return self.cfg["train"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+
 def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
     """Train ``cfg`` (a resolved config); return the run directory."""
+    run = _start(cfg, resume)
+    _load_data(run)
+    _build_model(run)
+    _build_optimizer(run)
+    _restore(run)
+    _announce(run)
+    _loop(run)
+    _finish(run)
+    return run.run_dir
+
+
+def _start(cfg: dict[str, Any], resume: str | Path | None) -> _Run:
+    """Device, process group, precision and the run directory (new, or the one to resume)."""
     t = cfg["train"]
     device = pick_device(t["device"])
     dist.init_from_env(device)
     rank, world = dist.rank(), dist.world_size()
-    precision = pick_precision(t["precision"], device)
-
     if cfg["method"]["name"] not in method_registry.available():
         method_registry.build_method(cfg["method"]["name"])  # raises the one-line "unknown method" error
     ckpt_state = None
@@ -77,132 +130,215 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
             run_dir = Path(holder[0])
         require(not (run_dir / CKPT_NAME).exists(),
                 f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
-    cfg = {**cfg, "out": str(run_dir)}
+    return _Run(cfg={**cfg, "out": str(run_dir)}, device=device, precision=pick_precision(t["precision"], device),
+                rank=rank, world=world, run_dir=run_dir, ckpt_state=ckpt_state)
 
-    # Rank 0 decodes and caches the data first; the others then read the cache.
-    if rank != 0:
-        dist.barrier()
-    dataset = load_dataset_for(cfg)
-    if rank == 0:
-        dist.barrier()
-    require(len(dataset.train.images) >= t["batch_size"] * world,
-            f"train.batch_size={t['batch_size']} x {world} process(es) is larger than the {len(dataset.train.images)} "
-            "training images: lower train.batch_size or use more data")
 
+def _load_data(run: _Run) -> None:
+    """Rank 0 decodes and caches the data first; the others then read the cache."""
+    if run.rank != 0:
+        dist.barrier()
+    run.dataset = load_dataset_for(run.cfg)
+    if run.rank == 0:
+        dist.barrier()
+    n, batch = len(run.dataset.train.images), run.t["batch_size"]
+    require(n >= batch * run.world,
+            f"train.batch_size={batch} x {run.world} process(es) is larger than the {n} training images: "
+            "lower train.batch_size or use more data")
+    run.labelled = has_labels(run.dataset)
+
+
+def _build_model(run: _Run) -> None:
+    """The method (stem decided for the data), on the device, channels_last, DDP, compiled."""
+    t = run.t
     torch.manual_seed(t["seed"])
-    method = build_method_for(cfg, dataset)
+    _, run.stem_note = backbone_config(run.cfg["backbone"], run.dataset.image_size)
+    method = build_method_for(run.cfg, run.dataset)
     if t["init_backbone"]:
         load_backbone_weights(method.backbone, t["init_backbone"])
     if t["freeze_backbone"]:
         method.backbone.requires_grad_(False)
-    method.to(device)
+    method.to(run.device)
     if t["channels_last"]:
         method.to(memory_format=torch.channels_last)
         _channels_last_inputs(method.backbone)
     model: nn.Module = method
-    if world > 1:
-        if device.type == "cuda":
-            model = DistributedDataParallel(method, device_ids=[dist.local_rank()])
-        else:
-            model = DistributedDataParallel(method)
-    step_fn = torch.compile(model) if t["compile"] else model
+    if run.world > 1:
+        ids = [dist.local_rank()] if run.device.type == "cuda" else None
+        model = DistributedDataParallel(method, device_ids=ids)
+    run.method, run.model = method, model
+    run.step_fn = torch.compile(model) if t["compile"] else model
 
-    batches = TensorBatches(dataset.train.images, dataset.train.labels, t["batch_size"], t["seed"], rank, world)
-    steps_per_epoch = len(batches)
-    total_steps = steps_per_epoch * t["epochs"]
+
+def _build_optimizer(run: _Run) -> None:
+    """Seeded batch order, the step budget, the lr scaled to the global batch, the optimizer."""
+    t = run.t
+    run.batches = TensorBatches(run.dataset.train.images, run.dataset.train.labels, t["batch_size"], t["seed"],
+                                run.rank, run.world)
+    run.total_steps = run.steps_per_epoch * t["epochs"]
     if t["max_steps"]:
-        total_steps = min(total_steps, t["max_steps"])
-    global_batch = t["batch_size"] * world
-    base_lr = t["lr"] * global_batch / 256 if t["scale_lr"] else t["lr"]
-    optimizer = build_optimizer(method, t, base_lr)
-    generator = torch.Generator(device=device).manual_seed(t["seed"] * 1000 + rank)
+        run.total_steps = min(run.total_steps, t["max_steps"])
+    global_batch = t["batch_size"] * run.world
+    run.base_lr = t["lr"] * global_batch / 256 if t["scale_lr"] else t["lr"]
+    run.optimizer = build_optimizer(run.method, t, run.base_lr)
+    run.generator = torch.Generator(device=run.device).manual_seed(t["seed"] * 1000 + run.rank)
 
-    step, history = 0, []
-    if ckpt_state is not None:
-        method.load_state_dict(ckpt_state["model"])
-        optimizer.load_state_dict(ckpt_state["optimizer"])
-        step = int(ckpt_state["step"])
-        history = list(ckpt_state.get("history", []))
-        gens = ckpt_state["generator"]
-        require(len(gens) == world, f"this run was trained with {len(gens)} process(es); resume it with the same number")
-        generator.set_state(gens[rank])
-        torch.set_rng_state(ckpt_state["cpu_rng"])
 
-    logger = RunLogger(run_dir, enabled=rank == 0, resume_step=step if ckpt_state else None)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved(cfg, run_dir / CONFIG_NAME)
-        logger.info(f"run {run_dir}: {cfg['method']['name']} on {dataset.name} ({len(dataset.train.images)} images), "
-                    f"{world} process(es) on {device.type}, {precision}, {steps_per_epoch} steps/epoch")
+def _restore(run: _Run) -> None:
+    """Exact resume: weights, optimizer, step, history, and every random stream."""
+    state = run.ckpt_state
+    if state is not None:
+        run.method.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step = int(state["step"])
+        run.history = list(state.get("history", []))
+        gens = state["generator"]
+        require(len(gens) == run.world, f"this run was trained with {len(gens)} process(es); resume it with the same number")
+        run.generator.set_state(gens[run.rank])
+        torch.set_rng_state(state["cpu_rng"])
+    run.logger = RunLogger(run.run_dir, enabled=run.rank == 0, resume_step=run.step if state else None)
 
-    def checkpoint() -> None:
-        gens = [generator.get_state()]
-        if world > 1:
-            gens = [None] * world
-            torch.distributed.all_gather_object(gens, generator.get_state())
-        if rank == 0:
-            save_checkpoint(run_dir / CKPT_NAME, {
-                "model": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "generator": gens, "cpu_rng": torch.get_rng_state(), "config": cfg, "history": history,
-                "data_info": data_info_of(dataset),
-            })
 
-    after_step = getattr(method, "after_optimizer_step", None)
-    progress = logger.progress(total_steps, initial=step, show=t["progress"])
-    model.train()
-    tick, seen = time.perf_counter(), 0
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        for images, labels in batches.epoch(epoch, start):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            lr = lr_at(step, total_steps, steps_per_epoch, base_lr, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device, precision):
-                out = step_fn(images, labels, generator)
+def _announce(run: _Run) -> None:
+    """Save the resolved config; the first lines say what runs, on what, with which stem and why."""
+    if run.rank != 0:
+        return
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved(run.cfg, run.run_dir / CONFIG_NAME)
+    ds, t = run.dataset, run.t
+    labels = f"{ds.num_classes} classes" if run.labelled else "no labels"
+    run.logger.info(f"run {run.run_dir}: {run.cfg['method']['name']} on {ds.name} ({len(ds.train.images)} images, "
+                    f"{ds.image_size} px, {labels}), {run.world} process(es) on {run.device.type}, {run.precision}, "
+                    f"{run.steps_per_epoch} steps/epoch" + (f"; backbone {run.stem_note}" if run.stem_note else ""))
+    if t["monitor"] == "knn" and not run.labelled:
+        run.logger.info("the data has no labels, so the kNN monitor is skipped: each epoch writes neighbours.png "
+                        "(nearest training images of 8 test images) in the run directory instead; for accuracy, "
+                        f"evaluate on labelled data: unveil eval knn {run.run_dir} --eval-data LABELLED_FOLDER")
+    elif t["monitor"] == "knn":
+        bank, query = monitor_sizes(t, len(ds.train.images), len(ds.test.images))
+        run.logger.info(f"kNN monitor every {t['monitor_every_epochs']} epoch(s): {bank} training images as the bank, "
+                        f"{query} test images as queries (train.monitor_train_size / monitor_test_size)")
+
+
+def _train_step(run: _Run, images: Tensor, labels: Tensor, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimizer step over ``accumulate_steps`` micro-batches; returns (mean loss, last outputs)."""
+    t = run.t
+    set_lr(run.optimizer, lr)
+    run.optimizer.zero_grad(set_to_none=True)
+    parts = t["accumulate_steps"]
+    losses = []
+    for i, (x, y) in enumerate(zip(images.chunk(parts), labels.chunk(parts))):
+        last = i == parts - 1
+        sync = contextlib.nullcontext() if last or run.world == 1 else run.model.no_sync()
+        with sync:
+            with autocast(run.device, run.precision):
+                out = run.step_fn(x, y, run.generator)
             loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+            (loss if parts == 1 else loss / parts).backward()
+        losses.append(loss.detach())
+    if t["grad_clip_norm"]:
+        out["grad_norm"] = torch.nn.utils.clip_grad_norm_(run.method.parameters(), t["grad_clip_norm"])
+    run.optimizer.step()
+    return (losses[0] if parts == 1 else torch.stack(losses).mean()), out
+
+
+def _checkpoint(run: _Run) -> None:
+    gens = [run.generator.get_state()]
+    if run.world > 1:
+        gens = [None] * run.world
+        torch.distributed.all_gather_object(gens, run.generator.get_state())
+    if run.rank == 0:
+        run.logger.flush()
+        save_checkpoint(run.run_dir / CKPT_NAME, {
+            "model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
+            "generator": gens, "cpu_rng": torch.get_rng_state(), "config": run.cfg, "history": run.history,
+            "data_info": data_info_of(run.dataset),
+        })
+
+
+def _loop(run: _Run) -> None:
+    t = run.t
+    after_step = getattr(run.method, "after_optimizer_step", None)
+    progress = run.logger.progress(run.total_steps, initial=run.step, show=t["progress"])
+    run.model.train()
+    tick, seen = time.perf_counter(), 0
+    while run.step < run.total_steps:
+        epoch, start = divmod(run.step, run.steps_per_epoch)
+        epoch_start = time.perf_counter()
+        for images, labels in run.batches.epoch(epoch, start):
+            images = images.to(run.device, non_blocking=True)
+            labels = labels.to(run.device, non_blocking=True)
+            lr = lr_at(run.step, run.total_steps, run.steps_per_epoch, run.base_lr, t)
+            loss, out = _train_step(run, images, labels, lr)
+            run.step += 1
             if after_step is not None:
-                after_step(step, total_steps)
-            seen += images.shape[0] * world
-            if step % t["log_every_steps"] == 0 or step == total_steps:
-                loss_value = float(dist.all_reduce_mean(loss.detach().float()))
+                after_step(run.step, run.total_steps)
+            seen += images.shape[0] * run.world
+            if run.step % t["log_every_steps"] == 0 or run.step == run.total_steps:
+                loss_value = float(dist.all_reduce_mean(loss.float()))
                 if not math.isfinite(loss_value):
-                    raise UserError(f"the loss became {loss_value} at step {step} (epoch {epoch + 1}): lower train.lr, "
-                                    f"try train.precision=fp32, or check the data; the last checkpoint in {run_dir} is intact")
+                    raise UserError(f"the loss became {loss_value} at step {run.step} (epoch {epoch + 1}): lower "
+                                    "train.lr, set train.grad_clip_norm, try train.precision=fp32, or check the data; "
+                                    f"the last checkpoint in {run.run_dir} is intact")
                 now = time.perf_counter()
                 rate = seen / max(now - tick, 1e-9)
                 tick, seen = now, 0
-                extras = {k: float(v.detach().float()) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
-                logger.step(step=step, epoch=epoch + step / steps_per_epoch - epoch, loss=loss_value, lr=lr,
-                            images_per_s=rate, **extras)
+                extras = {k: float(v.detach().float()) for k, v in out.items()
+                          if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
+                run.logger.step(step=run.step, epoch=epoch + run.step / run.steps_per_epoch - epoch, loss=loss_value,
+                                lr=lr, images_per_s=rate, **extras)
                 progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
             progress.update(1)
-            if t["ckpt_every_steps"] and step % t["ckpt_every_steps"] == 0 and step % steps_per_epoch:
-                checkpoint()
-            if step >= total_steps:
+            if t["ckpt_every_steps"] and run.step % t["ckpt_every_steps"] == 0 and run.step % run.steps_per_epoch:
+                _checkpoint(run)
+            if run.step >= run.total_steps:
                 break
-        epoch_done = step % steps_per_epoch == 0 or step >= total_steps
-        if epoch_done:
-            epoch_index = math.ceil(step / steps_per_epoch)
-            if t["monitor"] != "none" and (epoch_index % t["monitor_every_epochs"] == 0 or step >= total_steps):
-                if rank == 0:
-                    metrics = run_monitor(method, dataset, t, device, precision)
-                    row = {"epoch": epoch_index, "step": step, **metrics}
-                    history.append(row)
-                    logger.epoch(row)
-                    progress.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-                dist.barrier()
-                model.train()
-            checkpoint()
+        if run.step % run.steps_per_epoch == 0 or run.step >= run.total_steps:
+            _end_of_epoch(run, time.perf_counter() - epoch_start, progress)
+            tick = time.perf_counter()  # the monitor's time is not training throughput
     progress.close()
-    if total_steps == 0 and ckpt_state is None:
-        checkpoint()  # train.epochs=0: the initial weights, so a random-init baseline evaluates like any run
-    if rank == 0:
-        logger.finish(history)
+
+
+def _end_of_epoch(run: _Run, epoch_s: float, progress: Any) -> None:
+    """Checkpoint first; then the monitor (rank 0), whose row is checkpointed again when it succeeds."""
+    t = run.t
+    _checkpoint(run)
+    epoch_index = math.ceil(run.step / run.steps_per_epoch)
+    if t["monitor"] == "none" or not (epoch_index % t["monitor_every_epochs"] == 0 or run.step >= run.total_steps):
+        return
+    row = None
+    if run.rank == 0:
+        start = time.perf_counter()
+        try:
+            if run.labelled or t["monitor"] != "knn":
+                metrics = run_monitor(run.method, run.dataset, t, run.device, run.precision)
+            else:
+                metrics = unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir,
+                                             epoch_index)
+        except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
+            print(f"unveil: warning: the epoch-{epoch_index} monitor failed ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on, the checkpoint of this "
+                  "epoch is saved", file=sys.stderr)
+        else:
+            monitor_s = time.perf_counter() - start
+            row = {"epoch": epoch_index, "step": run.step, **metrics, "monitor_s": round(monitor_s, 2),
+                   "monitor_share": round(monitor_s / max(epoch_s + monitor_s, 1e-9), 3)}
+            run.history.append(row)
+            run.logger.epoch(row)
+            progress.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     dist.barrier()
-    return run_dir
+    run.model.train()
+    if run.world > 1:
+        holder = [row is not None]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        row = row if run.rank == 0 else (True if holder[0] else None)
+    if row is not None:
+        _checkpoint(run)  # the history row too
+
+
+def _finish(run: _Run) -> None:
+    if run.total_steps == 0 and run.ckpt_state is None:
+        _checkpoint(run)  # train.epochs=0: the initial weights, so a random-init baseline evaluates like any run
+    if run.rank == 0:
+        run.logger.finish(run.history)
+    dist.barrier()

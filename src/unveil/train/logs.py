@@ -81,6 +81,11 @@ class RunLogger:
         if len(self.steps) % 10 == 0:
             _rewrite_csv(self.run_dir / STEP_LOG, self.steps)
 
+    def flush(self) -> None:
+        """Write the buffered step rows (at every checkpoint, so the log matches what a resume keeps)."""
+        if self.enabled and self.steps:
+            _rewrite_csv(self.run_dir / STEP_LOG, self.steps)
+
     def epoch(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -1,7 +1,14 @@
-"""The per-epoch monitor: weighted kNN on embeddings, or classification accuracy."""
+"""The per-epoch monitor: weighted kNN on embeddings, or classification accuracy; on data without
+labels, nearest-neighbour (and, for autoencoders, reconstruction) grids instead of numbers.
+
+Sized to stay cheap: with ``monitor_train_size/monitor_test_size: auto`` the bank is a quarter of
+the training set (at most 10,000) and the queries a twentieth (at most 2,000), i.e. about 0.3
+forward passes per training image, against about 6 per image in a two-view epoch (~5 %).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,12 +18,32 @@ from ..eval.features import extract
 from ..eval.knn import knn_accuracy
 from .precision import autocast
 
+NEIGHBOURS_PNG = "neighbours.png"
+RECON_PNG = "recon.png"
+
 
 def fixed_subset(n: int, size: int | None, seed: int = 0) -> Tensor:
     """The same subset every epoch and every run, so monitor numbers are comparable."""
     if not size or size >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+def monitor_sizes(t: dict[str, Any], n_train: int, n_test: int) -> tuple[int, int]:
+    """(bank, queries): ``auto`` scales with the training set; ``None`` means every image.
+
+    The classify monitor (supervised training, fine-tuning) is the evaluation itself, so its auto
+    query set stays the earlier fixed 5,000 test images."""
+    bank, query = t["monitor_train_size"], t["monitor_test_size"]
+    if bank == "auto":
+        bank = min(10_000, max(256, n_train // 4))
+    if query == "auto":
+        query = 5_000 if t["monitor"] == "classify" else min(2_000, max(128, n_train // 20))
+    return min(bank or n_train, n_train), min(query or n_test, n_test)
+
+
+def has_labels(dataset: Any) -> bool:
+    return dataset.num_classes > 0 and bool((dataset.train.labels >= 0).any())
 
 
 @torch.no_grad()
@@ -35,15 +62,39 @@ def classify_accuracy(method: nn.Module, images: Tensor, labels: Tensor, device:
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n}
 
 
+def unlabelled_figures(method: nn.Module, dataset: Any, t: dict[str, Any], device: torch.device, precision: str,
+                       run_dir: Path, epoch: int, n_queries: int = 8) -> dict[str, Any]:
+    """Nearest-neighbour grid (and reconstruction grid for autoencoders) of fixed test images."""
+    from ..viz.neighbours import neighbour_grid
+
+    n_bank, _ = monitor_sizes(t, len(dataset.train.images), len(dataset.test.images))
+    bank_images = dataset.train.images[fixed_subset(len(dataset.train.images), n_bank)]
+    queries = dataset.test.images[fixed_subset(len(dataset.test.images), n_queries, seed=1)]
+    bank = extract(method.embed, bank_images, device, precision)
+    query = extract(method.embed, queries, device, precision)
+    title = f"epoch {epoch}: nearest of {len(bank_images)} training images (encoder features, cosine)"
+    neighbour_grid(queries, bank_images, query, bank, run_dir / NEIGHBOURS_PNG, title=title)
+    row: dict[str, Any] = {"figures": NEIGHBOURS_PNG}
+    if hasattr(method, "reconstruct"):
+        from ..viz.reconstruct import reconstruction_grid
+
+        reconstruction_grid(method, queries.to(device), torch.Generator(device=device).manual_seed(0),
+                            run_dir / RECON_PNG)
+        row["figures"] += f" {RECON_PNG}"
+    return row
+
+
 def run_monitor(method: nn.Module, dataset: Any, t: dict[str, Any], device: torch.device,
                 precision: str) -> dict[str, float]:
+    """kNN (bank: fixed training subset, queries: fixed test subset) or classify accuracy."""
     method.eval()
-    test_idx = fixed_subset(len(dataset.test.images), t["monitor_test_size"])
+    n_bank, n_query = monitor_sizes(t, len(dataset.train.images), len(dataset.test.images))
+    test_idx = fixed_subset(len(dataset.test.images), n_query)
     test_x, test_y = dataset.test.images[test_idx], dataset.test.labels[test_idx]
     if t["monitor"] == "classify":
         acc = classify_accuracy(method, test_x, test_y, device, precision)
         return {f"test_{k}": v for k, v in acc.items()}
-    train_idx = fixed_subset(len(dataset.train.images), t["monitor_train_size"])
+    train_idx = fixed_subset(len(dataset.train.images), n_bank)
     bank = extract(method.embed, dataset.train.images[train_idx], device, precision)
     query = extract(method.embed, test_x, device, precision)
     acc = knn_accuracy(bank, dataset.train.labels[train_idx], query, test_y, dataset.num_classes,

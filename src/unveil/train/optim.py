@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import require
+
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    Parameter groups with ``lars=False`` (biases, norm layers) skip both the trust ratio and
-    weight decay, as in SimCLR/BYOL/Barlow Twins.
+    Parameter groups with ``lars=False`` (biases, norm layers: the groups excluded from weight
+    decay) skip both the trust ratio and weight decay, as in SimCLR/BYOL/Barlow Twins.
     """
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -50,21 +52,64 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay conv/linear weights only: biases and normalisation parameters are 1-d."""
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of parameters that modules declare exempt from weight decay.
+
+    Follows timm's convention: a module's ``no_weight_decay()`` returns names (relative to that
+    module) such as ``pos_embed`` and ``cls_token``."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared):
+            names |= {f"{prefix}.{n}" if prefix else n for n in declared()}
+    return names
+
+
+def default_param_groups(model: nn.Module, lr_scale: float = 1.0, prefix: str = "") -> list[dict[str, Any]]:
+    """Two groups: weights with decay; biases, norms, other 1-d parameters and declared exemptions
+    (``no_weight_decay()``) without. Parameter order follows ``model.named_parameters()``."""
+    exempt = no_weight_decay_names(model)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 or name in exempt else decay).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
+        {"params": decay, "weight_decay": True, "lr_scale": lr_scale, "name": f"{prefix}decay"},
+        {"params": no_decay, "weight_decay": False, "lr_scale": lr_scale, "name": f"{prefix}no_decay"},
     ]
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's groups: the method's own (``method.param_groups()``) or the default ones.
+
+    A method's group is ``{"params": [...], "lr_scale": float = 1, "weight_decay": bool = True}``
+    (``lars`` defaults to the weight-decay flag: LARS adapts only decayed groups); every trainable
+    parameter must be in exactly one group. ``weight_decay: True`` means ``train.weight_decay``.
+    """
+    custom = getattr(model, "param_groups", None)
+    groups = [dict(g) for g in custom()] if callable(custom) else default_param_groups(model)
+    seen: set[int] = set()
+    for i, g in enumerate(groups):
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        unknown = set(g) - {"params", "lr_scale", "weight_decay", "lars", "name"}
+        require(not unknown, f"{type(model).__name__}.param_groups(): group {i} has unknown key(s) {sorted(unknown)}")
+        ids = {id(p) for p in g["params"]}
+        require(not ids & seen, f"{type(model).__name__}.param_groups(): a parameter is in two groups (group {i})")
+        seen |= ids
+        decay = g.get("weight_decay", True)
+        g.update(lr_scale=float(g.get("lr_scale", 1.0)), weight_decay=weight_decay if decay else 0.0,
+                 lars=bool(g.get("lars", decay)), name=str(g.get("name", f"group{i}")))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    require(not missing, f"{type(model).__name__}.param_groups() leaves out trainable parameters: {missing[:3]}")
+    return [g for g in groups if g["params"]] or groups[:1]
+
+
 def build_optimizer(model: nn.Module, cfg: dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    """The optimizer over ``param_groups``; each group's lr is ``lr_scale`` x the scheduled lr."""
     name, wd = cfg["optimizer"], cfg["weight_decay"]
     groups = param_groups(model, wd)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
     for g in groups:
@@ -74,6 +119,12 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any], lr: float) -> torch.o
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
     return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg["betas"]), weight_decay=wd)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Apply the scheduled lr to every group, as a multiplier of the group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: dict[str, Any]) -> float:

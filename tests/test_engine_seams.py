@@ -1,0 +1,195 @@
+"""Engine seams for the next methods: parameter groups, per-group lr, LARS exclusions, gradient
+clipping and accumulation; numbers in YAML; the stem chosen for the data; the monitor's size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from unveil import methods
+from unveil.build import backbone_config
+from unveil.config import resolve
+from unveil.errors import UserError
+from unveil.train import engine
+from unveil.train.checkpoint import load_checkpoint
+from unveil.train.monitor import monitor_sizes
+from unveil.train.optim import LARS, build_optimizer, default_param_groups, param_groups, set_lr
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+
+
+class _Tiny(nn.Module):
+    """A linear regressor on pixels: no BatchNorm, no random views, so the gradient of a batch is
+    the mean of its halves' gradients (the property accumulation must keep)."""
+
+    def __init__(self, backbone=None, data_info=None, head_lr_scale: float = 1.0):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8))
+        self.backbone.num_features = 8
+        self.head = nn.Linear(8, 1)
+        self.head_lr_scale = head_lr_scale
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        pred = self.head(self.backbone(images.float() / 255)).squeeze(1)
+        return {"loss": ((pred - labels.float()) ** 2).mean()}
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.backbone.parameters()), "name": "backbone"},
+                {"params": list(self.head.parameters()), "lr_scale": self.head_lr_scale, "weight_decay": False,
+                 "name": "head"}]
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return self.backbone(images.float() / 255)
+
+
+methods.register("_tiny_regressor")(_Tiny)
+
+
+def _cfg(folder, out, *extra: str) -> dict:
+    return resolve(None, [f"data.name={folder}", "data.image_size=16", f"out={out}", "method.name=_tiny_regressor",
+                          "train.batch_size=16", "train.epochs=2", "train.monitor=none", "train.precision=fp32",
+                          "train.progress=false", "train.log_every_steps=1", "train.channels_last=false", *extra])
+
+
+def test_default_groups_exclude_norms_biases_and_declared_names():
+    class WithPos(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))  # 3-d, exempt only because declared
+            self.proj = nn.Linear(8, 8)
+            self.norm = nn.LayerNorm(8)
+
+        def no_weight_decay(self) -> set[str]:  # timm's convention
+            return {"pos_embed"}
+
+    model = nn.Sequential(WithPos(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    decay, no_decay = default_param_groups(model)
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(named[id(p)] for p in decay["params"]) == ["0.proj.weight", "1.weight"]
+    assert "0.pos_embed" in {named[id(p)] for p in no_decay["params"]}
+    assert {named[id(p)] for p in no_decay["params"]} >= {"0.norm.weight", "0.norm.bias", "1.bias", "2.weight", "2.bias"}
+    groups = param_groups(model, weight_decay=0.05)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0] and [g["lars"] for g in groups] == [True, False]
+
+
+def test_method_groups_get_their_lr_scale_and_weight_decay_flag():
+    model = _Tiny(head_lr_scale=0.1)
+    opt = build_optimizer(model, resolve(None, ["train.optimizer=sgd"])["train"], lr=0.5)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["backbone"]["lr"] == 0.5 and by_name["head"]["lr"] == pytest.approx(0.05)
+    assert by_name["backbone"]["weight_decay"] == 5e-4 and by_name["head"]["weight_decay"] == 0.0
+    set_lr(opt, 0.2)  # the schedule is a multiplier per group
+    assert by_name["backbone"]["lr"] == 0.2 and by_name["head"]["lr"] == pytest.approx(0.02)
+
+
+def test_groups_must_cover_every_parameter_once():
+    class Leaky(_Tiny):
+        def param_groups(self):
+            return [{"params": list(self.backbone.parameters())}]
+
+    with pytest.raises(UserError, match="leaves out trainable parameters"):
+        param_groups(Leaky(), 0.0)
+
+
+def test_lars_leaves_excluded_groups_as_plain_momentum_sgd():
+    torch.manual_seed(0)
+    w, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4))
+    ref_w, ref_b = w.detach().clone(), b.detach().clone()
+    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars": True}, {"params": [b], "weight_decay": 0.0, "lars": False}],
+               lr=0.5, weight_decay=0.1)
+    w.grad, b.grad = torch.ones(4, 4), torch.full((4,), 2.0)
+    opt.step()
+    assert torch.allclose(b.detach(), ref_b - 0.5 * 2.0)  # excluded group: no trust ratio, no decay
+    g = torch.ones(4, 4) + 0.1 * ref_w  # decayed group: decay, then the trust ratio 0.001 |w| / |g|
+    trust = 0.001 * ref_w.norm() / g.norm()
+    assert torch.allclose(w.detach(), ref_w - 0.5 * trust * g, atol=1e-7)
+
+
+def test_accumulation_matches_the_full_batch(tiny_folder, tmp_path):
+    full = engine.train(_cfg(tiny_folder, tmp_path / "full"))
+    accum = engine.train(_cfg(tiny_folder, tmp_path / "accum", "train.accumulate_steps=2"))
+    a, b = load_checkpoint(full / "last.ckpt")["model"], load_checkpoint(accum / "last.ckpt")["model"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    moved = load_checkpoint(engine.train(_cfg(tiny_folder, tmp_path / "init", "train.epochs=0")) / "last.ckpt")["model"]
+    assert not torch.allclose(moved["head.weight"], a["head.weight"])  # and training did move the weights
+
+
+def test_accumulation_must_divide_the_batch():
+    with pytest.raises(UserError, match="multiple of train.accumulate_steps"):
+        resolve(None, ["train.batch_size=10", "train.accumulate_steps=3"])
+
+
+def test_gradient_clipping_bounds_the_step_and_logs_the_norm(tiny_folder, tmp_path):
+    from unveil.train.logs import STEP_LOG, read_csv
+
+    start = load_checkpoint(engine.train(_cfg(tiny_folder, tmp_path / "init", "train.epochs=0")) / "last.ckpt")["model"]
+    opts = ["train.max_steps=1", "train.weight_decay=0", "train.lr=1.0", "train.scale_lr=false", "train.momentum=0"]
+    free = engine.train(_cfg(tiny_folder, tmp_path / "free", *opts))
+    clipped = engine.train(_cfg(tiny_folder, tmp_path / "clip", *opts, "train.grad_clip_norm=1e-3"))
+    step = {}
+    for name, run in (("free", free), ("clip", clipped)):
+        model = load_checkpoint(run / "last.ckpt")["model"]
+        step[name] = torch.sqrt(sum(((model[k] - start[k]) ** 2).sum() for k in start))
+    assert float(step["clip"]) == pytest.approx(1e-3, rel=1e-3)  # one SGD step of lr 1 moves by the clipped norm
+    assert float(step["free"]) > 10 * float(step["clip"])
+    assert read_csv(clipped / STEP_LOG)[0]["grad_norm"] == pytest.approx(float(step["free"]), rel=1e-3)
+
+
+@pytest.mark.parametrize("text, value", [("3e-2", 0.03), ("1e-4", 1e-4), ("5.0e-4", 5e-4), ("1E5", 1e5)])
+def test_numbers_in_recipes_are_numbers(tmp_path, text, value):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train:\n  lr: {text}\n  weight_decay: {text}\n")
+    t = resolve(recipe)["train"]
+    assert t["lr"] == value and t["weight_decay"] == value
+    assert resolve(None, [f"train.lr={text}"])["train"]["lr"] == value
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+    ("train.progress=maybe", "train.progress must be true or false, got 'maybe'"),
+    ("train.grad_clip_norm=-1", "train.grad_clip_norm must be > 0"),
+    ("backbone.cifar_stem=sometimes", "backbone.cifar_stem must be auto, true or false"),
+])
+def test_wrong_types_name_the_field_and_value(override, needle):
+    with pytest.raises(UserError) as info:
+        resolve(None, [override])
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cifar_stem_auto_follows_the_image_size():
+    assert backbone_config({"name": "resnet18", "cifar_stem": "auto"}, 32)[0]["cifar_stem"] is True
+    spec, why = backbone_config({"name": "resnet18", "cifar_stem": "auto"}, 64)
+    assert spec["cifar_stem"] is False and "standard stem" in why and "64 px" in why
+    assert backbone_config({"name": "resnet18", "cifar_stem": True}, 224)[0]["cifar_stem"] is True  # explicit wins
+    assert backbone_config({"name": "rr_resnet32", "cifar_stem": "auto"}, 64)[0]["cifar_stem"] is True  # only stem
+
+
+def test_run_says_which_stem_and_export_records_it(tiny_folder, tmp_path, capsys):
+    from unveil.cli import main
+    from unveil.export import read_metadata
+
+    out = tmp_path / "run"
+    code = main(["pretrain", "--data", str(tiny_folder), "--out", str(out), "data.image_size=40", "train.epochs=1",
+                 "train.batch_size=16", "method.proj_hidden_dim=32", "method.proj_dim=16", "train.progress=false",
+                 "train.monitor=none", "train.precision=fp32"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "standard stem (7x7/2 + max-pool), auto: images are 40 px (> 32)" in err
+    assert main(["export", str(out), "-o", str(tmp_path / "enc.safetensors")]) == 0
+    assert '"cifar_stem": false' in read_metadata(tmp_path / "enc.safetensors")["backbone"]
+
+
+def test_auto_monitor_sizes_stay_near_a_tenth_of_an_epoch():
+    t = resolve(None)["train"]
+    bank, query = monitor_sizes(t, 9500, 3900)
+    assert (bank, query) == (2375, 475)  # 0.3 forward passes per training image (~6 in a two-view epoch)
+    assert monitor_sizes(t, 50_000, 10_000) == (10_000, 2_000)
+    assert monitor_sizes(t, 100, 20) == (100, 20)  # small data: everything (a few seconds at most)
+    assert monitor_sizes({**t, "monitor_train_size": None, "monitor_test_size": 7}, 500, 90) == (500, 7)
