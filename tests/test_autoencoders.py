@@ -169,6 +169,25 @@ def test_autoaugment_corruption_target(tiny_dae, target):
     tiny_dae.corruption = "overlay"
 
 
+@torch.no_grad()
+def test_denoising_ae_corrupts_through_the_registry_as_the_plain_functions(tiny_dae):
+    from unveil.corruptions import autoaugment, paired_overlay, random_pixel_mask
+
+    clean = uint8_images(6, 16).float() / 255
+    direct = {
+        "overlay": lambda g: paired_overlay(clean, tiny_dae.alpha, g, partner=tiny_dae.partner).images,
+        "pixel_mask": lambda g: random_pixel_mask(clean, tiny_dae.mask_ratio, g).images,
+        "autoaugment": lambda g: autoaugment(clean, g, policy=tiny_dae.autoaugment_policy),
+    }
+    for name, fn in direct.items():
+        tiny_dae.corruption = name
+        got, _ = tiny_dae.corrupt(clean, torch.Generator().manual_seed(3))
+        assert torch.equal(got, fn(torch.Generator().manual_seed(3))), name
+    tiny_dae.corruption = "overlay"
+    with pytest.raises(UserError, match="method.corruption must be one of overlay, pixel_mask, autoaugment, none"):
+        build_method("denoising_ae", data_info=info(32), arch="resnet18", corruption="mscn")
+
+
 def test_denoising_ae_constructor_and_embed(tiny_dae):
     assert tiny_dae.cifar and tiny_dae.image_size == 16  # auto: small images get the CIFAR variant
     assert tiny_dae.backbone is tiny_dae.encoder and tiny_dae.backbone_spec == {"name": "ae_resnet18", "cifar_stem": True}

@@ -24,15 +24,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.resnet_ae import CONFIGS, UPSAMPLE_MODES, ResNetAEDecoder, ResNetAEEncoder
-from ..corruptions.autoaugment import POLICIES, autoaugment
-from ..corruptions.overlay import PARTNER_MODES, check_alpha, paired_overlay
-from ..corruptions.pixel_mask import random_pixel_mask
+from ..corruptions import CORRUPTIONS, Corruption, build_corruption, corruption_params
+from ..corruptions.autoaugment import POLICIES
+from ..corruptions.overlay import PARTNER_MODES, check_alpha
 from ..errors import require
 from ..views import ViewPipeline, eval_transform, view_preset
 from . import register
 from ._common import reject_unknown_settings
 
-CORRUPTIONS = ("overlay", "pixel_mask", "autoaugment", "none")
+# The registered corruptions this method trains with, and which ``method.*`` setting feeds each of
+# their parameters; ``none`` (a plain autoencoder) is this method's own option, not a corruption.
+CORRUPTION_SETTINGS: dict[str, dict[str, str]] = {
+    "overlay": {"alpha": "alpha", "partner": "partner"},
+    "pixel_mask": {"ratio": "mask_ratio"},
+    "autoaugment": {"policy": "autoaugment_policy"},
+}
+SUPPORTED_CORRUPTIONS = (*CORRUPTION_SETTINGS, "none")
+for _name, _settings in CORRUPTION_SETTINGS.items():  # a renamed corruption or parameter fails here, at import
+    if _name not in CORRUPTIONS or not set(_settings) <= set(corruption_params(_name)):
+        raise RuntimeError(f"denoising_ae: corruption '{_name}' with parameters {sorted(_settings)} is not registered")
 
 
 @register("denoising_ae")
@@ -49,7 +59,8 @@ class DenoisingAE(nn.Module):
                  "autoaugment_target, autoaugment_policy, views, image_size")
         require(arch in CONFIGS, f"method.arch must be one of {', '.join(CONFIGS)}, got {arch!r}")
         require(upsample in UPSAMPLE_MODES, f"method.upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
-        require(corruption in CORRUPTIONS, f"method.corruption must be one of {', '.join(CORRUPTIONS)}, got {corruption!r}")
+        require(corruption in SUPPORTED_CORRUPTIONS,
+                f"method.corruption must be one of {', '.join(SUPPORTED_CORRUPTIONS)}, got {corruption!r}")
         require(partner in PARTNER_MODES, f"method.partner must be one of {', '.join(PARTNER_MODES)}, got {partner!r}")
         require(autoaugment_policy in POLICIES,
                 f"method.autoaugment_policy must be one of {', '.join(POLICIES)}, got {autoaugment_policy!r}")
@@ -72,6 +83,7 @@ class DenoisingAE(nn.Module):
         require(not (views or {}).get("normalize", False),
                 "method.views.normalize must stay false: the decoder's Sigmoid reconstructs pixels in [0, 1]")
         self.view_overrides = {**(views or {}), "normalize": False}
+        self.corruption_fn()  # the registry's own checks, before any data is loaded
 
         # Reuse the engine's backbone when the recipe's backbone section names the same AE encoder.
         if isinstance(backbone, ResNetAEEncoder):
@@ -104,16 +116,25 @@ class DenoisingAE(nn.Module):
     def eval_view(self, images: Tensor) -> Tensor:
         return eval_transform(images, self.image_size, None, None, normalize=False)
 
+    def corruption_fn(self) -> Corruption | None:
+        """The registered corruption built from the current settings (``None`` for ``none``).
+
+        Built per call rather than once, so changing ``corruption``/``alpha``/... on a built method
+        takes effect; construction is a few parameter checks, nothing next to a training step."""
+        if self.corruption == "none":
+            return None
+        settings = CORRUPTION_SETTINGS[self.corruption]
+        return build_corruption(self.corruption, **{param: getattr(self, attr) for param, attr in settings.items()})
+
     def corrupt(self, clean: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(input, target) for the configured corruption; inputs and targets in [0, 1]."""
-        if self.corruption == "overlay":
-            return paired_overlay(clean, self.alpha, generator, partner=self.partner).images, clean
-        if self.corruption == "pixel_mask":
-            return random_pixel_mask(clean, self.mask_ratio, generator).images, clean
-        if self.corruption == "autoaugment":
-            augmented = autoaugment(clean, generator, policy=self.autoaugment_policy)
-            return augmented, (clean if self.autoaugment_target == "clean" else augmented)
-        return clean, clean
+        fn = self.corruption_fn()
+        if fn is None:
+            return clean, clean
+        out = fn(clean, generator)
+        corrupted = out if isinstance(out, Tensor) else out.images  # autoaugment returns the batch itself
+        target = corrupted if self.corruption == "autoaugment" and self.autoaugment_target == "augmented" else clean
+        return corrupted, target
 
     def reconstruct_from(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder.forward_map(x))
