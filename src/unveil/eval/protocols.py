@@ -287,11 +287,16 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     history = _finetune_history(out)
     require(bool(history), f"{out} logged no test accuracy: the fine-tune did not finish an epoch")
     best = max(history, key=lambda r: r["test_top1"])
+    missing = sorted(set(range(1, epochs + 1)) - {int(r["epoch"]) for r in history})
+    note = TEST_SELECTION_NOTE
+    if missing:  # interrupted between an epoch's checkpoint and its test pass: that accuracy is gone
+        note += f"; no test accuracy for epoch(s) {missing} (interrupted before it was logged): best_* is over the rest"
+        _log(f"{out}: no test accuracy logged for epoch(s) {missing} (an interruption); best is over the others")
     result = {"protocol": "finetune", "dataset": cfg["data"]["name"], "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "optimizer": optimizer, "weight_decay": weight_decay, "augment": augment,
               "last_top1": history[-1]["test_top1"], "last_top5": history[-1]["test_top5"],
               "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": int(best["epoch"]),
-              "history": history, "note": TEST_SELECTION_NOTE, "settings": settings}
+              "history": history, "missing_epochs": missing, "note": note, "settings": settings}
     result["saved"] = str(_save(run_dir, "finetune", result))
     return result
 

@@ -1,0 +1,200 @@
+"""Evaluation protocols: settings recorded and compared, feature cache keys, fine-tune resume,
+the papers' variants (RR linear probe, fine-tune without augmentation), and unlabelled runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from unveil.cli import main
+from unveil.eval import protocols
+from unveil.eval.linear import linear_probe
+from unveil.eval.settings import stale_reason
+from unveil.train import engine
+from unveil.train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+
+
+def pretrain(data: Path, out: Path, *extra: str) -> Path:
+    """One epoch of the overlay AE at 16 px (batches of 16)."""
+    assert main(["pretrain", "--recipe", "overlay_cifar10", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "16", "data.image_size=16", "train.monitor=none", "train.progress=false",
+                 "train.precision=fp32", *extra]) == 0
+    return out
+
+
+@pytest.fixture
+def flat_folder(tiny_folder, tmp_path) -> Path:
+    """The tiny folder's 96 images in one flat folder: no class folders, so no labels."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(tiny_folder.glob("*/*.png")):
+        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
+    return flat
+
+
+def test_unlabelled_run_says_labels_are_needed_and_evaluates_on_eval_data(flat_folder, tiny_folder, tmp_path,
+                                                                           capsys):
+    run = pretrain(flat_folder, tmp_path / "run")
+    capsys.readouterr()
+    for kind in ("knn", "linear", "finetune"):
+        assert main(["eval", kind, str(run)]) == 2, kind
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "unlabelled" in err and "--eval-data DATA" in err, err
+    assert not list(run.glob("eval_*.json")) and not (run / "finetune").exists()
+
+    assert main(["eval", "knn", str(run), "--k", "5", "--eval-data", str(tiny_folder)]) == 0
+    knn = json.loads((run / "eval_knn.json").read_text())
+    assert knn["dataset"] == tiny_folder.name and knn["train_images"] + knn["test_images"] == 96
+    assert knn["settings"]["data"] == {"name": str(tiny_folder.resolve()), "image_size": 16, "subset": None,
+                                       "test_subset": None, "test_fraction": 0.2, "split_seed": 0, "eval_data": True}
+    assert knn["settings"]["k"] == 5 and knn["settings"]["step"] == load_checkpoint(run / "last.ckpt")["step"]
+    capsys.readouterr()
+    assert main(["eval", "linear", str(run), "--epochs", "2", "--eval-data", str(flat_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no labels" in err
+
+    assert main(["eval", "finetune", str(run), "train.progress=false", "--epochs", "1", "--batch-size", "16",
+                 "--no-augment", "--eval-data", str(tiny_folder)]) == 0
+    ft = json.loads((run / "eval_finetune.json").read_text())
+    assert ft["settings"]["data"]["name"] == str(tiny_folder.resolve()) and ft["settings"]["augment"] is False
+    assert len(ft["history"]) == 1 and ft["dataset"] == str(tiny_folder)
+
+
+@pytest.fixture
+def labelled_run(tiny_folder, tmp_path) -> Path:
+    return pretrain(tiny_folder, tmp_path / "run", "data.subset=32")
+
+
+def test_feature_cache_is_keyed_by_data_and_never_reads_a_stale_file(labelled_run, tiny_folder, tmp_path,
+                                                                     monkeypatch):
+    calls = []
+    real = protocols.extract
+
+    def counting(embed, images, *args, **kwargs):
+        calls.append(len(images))
+        return real(embed, images, *args, **kwargs)
+
+    monkeypatch.setattr(protocols, "extract", counting)
+    step = load_checkpoint(labelled_run / "last.ckpt")["step"]
+    # A cache keyed by step only (as before) would be read back here: garbage of the wrong shape.
+    bogus = {"train_x": torch.zeros(3, 1), "train_y": torch.zeros(3, dtype=torch.long),
+             "test_x": torch.zeros(2, 1), "test_y": torch.zeros(2, dtype=torch.long)}
+    from safetensors.torch import save_file
+
+    save_file(bogus, str(labelled_run / f"features_step{step}.safetensors"))
+
+    knn = protocols.evaluate_knn(labelled_run, k=5)
+    assert calls == [32, 19] and knn["train_images"] == 32  # data.subset=32; 96 images, 20 % held out
+    protocols.evaluate_linear(labelled_run, epochs=1)
+    assert calls == [32, 19]  # same step, data and precision: read from the cache
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder, other)
+    knn_other = protocols.evaluate_knn(labelled_run, k=5, eval_data=str(other))
+    assert calls == [32, 19, 77, 19] and knn_other["train_images"] == 77  # no subset on --eval-data
+    assert len(list(labelled_run.glob("features_step*-*.safetensors"))) == 2
+
+
+def test_saved_settings_match_only_the_same_evaluation(labelled_run, tiny_folder):
+    saved = protocols.evaluate_linear(labelled_run, epochs=2, lr=0.01)
+    assert len(saved["history"]) == 2 and saved["settings"]["epochs"] == 2 and saved["settings"]["standardize"]
+    assert stale_reason(saved, protocols.current_settings("linear", labelled_run, epochs=2, lr=0.01)) is None
+    for changed in ({"epochs": 3}, {"lr": 0.1}, {"batch_size": 8}, {"optimizer": "sgd"}, {"weight_decay": 1e-4},
+                    {"standardize": False}, {"schedule": "constant"}, {"eval_data": str(tiny_folder)}):
+        wanted = protocols.current_settings("linear", labelled_run, **{"epochs": 2, "lr": 0.01, **changed})
+        reason = stale_reason(saved, wanted)
+        assert reason and "other settings" in reason, changed
+    assert "no settings" in stale_reason({"top1": 50.0}, {"protocol": "knn"})
+
+
+def test_linear_probe_variants_do_what_they_say(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    scaled = x * 1000 + 5
+    std = [linear_probe(f, y, f[:16], y[:16], 3, epochs=3, batch_size=16)["history"] for f in (x, scaled)]
+    raw = [linear_probe(f, y, f[:16], y[:16], 3, epochs=3, batch_size=16, standardize=False)["history"]
+           for f in (x, scaled)]
+    assert std[0] == std[1]  # standardised features do not see an affine rescaling
+    assert raw[0] != raw[1]  # raw features (the RR protocol) do
+
+    def no_cosine(*args, **kwargs):
+        raise AssertionError("cosine schedule used")
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", no_cosine)
+    linear_probe(x, y, x, y, 3, epochs=1, schedule="constant", standardize=False)  # RR: no schedule
+    with pytest.raises(AssertionError, match="cosine"):
+        linear_probe(x, y, x, y, 3, epochs=1)
+    assert protocols.linear_protocol_name(100, 1e-3, 128, "adam", 0.0, False, "constant").startswith("RR")
+
+
+def test_supervised_augment_switch_trains_on_the_test_view():
+    from unveil.build import build_method_for
+
+    info = {"name": "x", "num_classes": 2, "image_size": 16, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1])
+    losses = {}
+    for augment in (True, False):
+        cfg = {"method": {"name": "supervised", "augment": augment}, "backbone": {"name": "resnet18"}}
+        torch.manual_seed(0)
+        method = build_method_for(cfg, dataset_info=info).eval()
+        losses[augment] = [method(images, labels, torch.Generator().manual_seed(s))["loss"].item() for s in (1, 2)]
+        test_view = method.head(method.backbone(method._eval_input(images)))
+        if not augment:
+            expected = torch.nn.functional.cross_entropy(test_view, labels).item()
+            assert losses[augment] == pytest.approx([expected, expected], abs=1e-6)
+    assert losses[True][0] != losses[True][1]  # random crops and flips differ by generator
+
+
+def test_finetune_resumes_an_interrupted_run_and_ends_as_an_uninterrupted_one(labelled_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    reference = tmp_path / "reference"
+    shutil.copytree(labelled_run, reference)
+    settings = {"epochs": 2, "batch_size": 16, "overrides": ["train.progress=false"], "augment": False}
+    real_save = engine.save_checkpoint
+
+    def crash_after_first_finetune_epoch(path, state):
+        real_save(path, state)
+        if "finetune" in str(path) and state.get("history"):  # once epoch 1's test accuracy is saved too
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_first_finetune_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        protocols.evaluate_finetune(labelled_run, **settings)
+    out = labelled_run / "finetune"
+    assert load_checkpoint(out / "last.ckpt")["step"] == 2  # 32 images, batch 16: 2 steps per epoch
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+
+    calls = []
+    real_train = engine.train
+
+    def spy(cfg, resume=None):
+        calls.append(resume)
+        return real_train(cfg, resume=resume)
+
+    monkeypatch.setattr(engine, "train", spy)
+    capsys.readouterr()
+    resumed = protocols.evaluate_finetune(labelled_run, **settings)
+    assert calls == [out] and "continuing the interrupted fine-tune from step 2" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.ckpt")["step"] == 4 and [r["epoch"] for r in resumed["history"]] == [1, 2]
+
+    straight = protocols.evaluate_finetune(reference, **settings)
+    assert calls == [out, None]
+    assert [r["test_top1"] for r in resumed["history"]] == [r["test_top1"] for r in straight["history"]]
+    a = load_checkpoint(out / "last.ckpt")["model"]
+    b = load_checkpoint(reference / "finetune" / "last.ckpt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed fine-tune ends where the uninterrupted one does
+
+    assert protocols.evaluate_finetune(labelled_run, **settings)["history"] == resumed["history"]
+    assert calls == [out, None]  # finished with the same settings: read back, not retrained
+    protocols.evaluate_finetune(labelled_run, **{**settings, "lr": 0.02})
+    assert calls == [out, None, None] and "starting it over" in capsys.readouterr().err
+    assert json.loads((labelled_run / "eval_finetune.json").read_text())["settings"]["lr"] == 0.02
