@@ -14,6 +14,7 @@ from unveil.bench.suite import run_suite
 from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.errors import UserError
+from unveil.eval.protocols import linear_protocol_name
 from unveil.train import engine
 from unveil.train.checkpoint import load_checkpoint
 
@@ -55,8 +56,14 @@ def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_pat
     assert {"paper_finetune_top1", "paper_linear_top1", "finetune_best_top1", "finetune_last_top1",
             "linear_best_top1", "linear_last_top1", "knn_top1", "scale"} <= set(table["ae"])
     assert float(table["ae"]["paper_finetune_top1"]) == 38.1 and table["cp"]["paper_finetune_top1"] == ""
-    assert 0 <= float(table["ae"]["finetune_last_top1"]) <= float(table["ae"]["finetune_best_top1"]) <= 100
-    assert 0 <= float(table["cp"]["linear_last_top1"]) <= float(table["cp"]["linear_best_top1"]) <= 100
+    # The evaluations ran with the requested settings, and the table shows what they measured.
+    ft = json.loads((out / "ae" / "eval_finetune.json").read_text())
+    assert (ft["settings"]["epochs"], ft["settings"]["batch_size"], len(ft["history"])) == (1, 16, 1)
+    assert float(table["ae"]["finetune_last_top1"]) == ft["history"][-1]["test_top1"]
+    lin = json.loads((out / "cp" / "eval_linear.json").read_text())
+    assert lin["settings"]["epochs"] == 2 and len(lin["history"]) == 2  # the scale's eval.linear.epochs=2 beats 5
+    assert float(table["cp"]["linear_last_top1"]) == pytest.approx(lin["history"][-1]["top1"], abs=0.05)
+    assert float(table["cp"]["linear_best_top1"]) == pytest.approx(max(r["top1"] for r in lin["history"]), abs=0.05)
     assert table["cp"]["finetune_best_top1"] == "" and table["ae"]["scale"] == "smoke"
     assert table["cp"]["train_images"] == "77" and table["ae"]["train_images"] == "32"  # 96 images, 20 % held out
     md = (out / "results.md").read_text()
@@ -67,7 +74,7 @@ def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_pat
     assert json.loads((out / "ae" / "eval_finetune.json").read_text())["epochs"] == 1
 
 
-def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tmp_path, monkeypatch):
+def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tmp_path, monkeypatch, capsys):
     path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [cp_entry("first"), cp_entry("second", "train.epochs=2")])
     out = tmp_path / "out"
     rows = run_suite(path, "smoke", out, only=["first"])  # entries can be run piecemeal
@@ -104,6 +111,19 @@ def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tm
     assert load_checkpoint(out / "second" / "last.ckpt")["step"] == 2 * steps_per_epoch
     assert [r["status"] for r in rows] == ["done", "done"] and rows[1]["linear_best_top1"] is not None
 
+    # A changed evaluation setting reruns that evaluation (and only it), saying so; features are reused.
+    knn_mtime = (out / "first" / "eval_knn.json").stat().st_mtime_ns
+    features = sorted((out / "first").glob("features_*.safetensors"))
+    capsys.readouterr()
+    run_suite(path, "smoke", out, overrides=["eval.linear.epochs=3"])
+    err = capsys.readouterr().err
+    assert err.count("eval_linear.json is not reused") == 2 and "epochs: 2 -> 3" in err and "eval_knn" not in err
+    for entry in ("first", "second"):
+        lin = json.loads((out / entry / "eval_linear.json").read_text())
+        assert lin["settings"]["epochs"] == 3 and len(lin["history"]) == 3
+    assert (out / "first" / "eval_knn.json").stat().st_mtime_ns == knn_mtime
+    assert sorted((out / "first").glob("features_*.safetensors")) == features
+
     with pytest.raises(UserError, match="other settings"):  # a finished run is never reused silently
         run_suite(path, "smoke", out, overrides=["train.lr=0.5"])
 
@@ -121,6 +141,16 @@ def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
         finetune = next((p.evals["finetune"] for p in planned if "finetune" in p.evals), None)
         for p in (p for p in planned if p.entry.train_as):  # supervised from scratch = the fine-tune protocol
             assert finetune and all(p.cfg["train"][k] == finetune[k] for k in ("epochs", "lr", "batch_size"))
+            assert p.cfg["method"]["augment"] is finetune["augment"] is False
+        # The papers' protocols: the overlay paper fine-tunes without augmentation and probes the raw
+        # pooled features; the context-patch paper's linear probe is the RR protocol.
+        for p in planned:
+            if "finetune" in p.evals:
+                assert p.evals["finetune"]["augment"] is False
+            if "linear" in p.evals:
+                assert p.evals["linear"]["standardize"] is False
+                if name == "context-patch" and scale != "smoke":
+                    assert linear_protocol_name(**p.evals["linear"]).startswith("RR")
         for p in planned:
             # Every row cites the paper's number, except our own controls (no pretraining), which say so.
             assert p.entry.paper_setting and p.evals
@@ -167,13 +197,16 @@ def test_smoke_scale_of_shipped_suites_on_cifar10(name, cifar10_dir, tmp_path, m
     with (out / "results.csv").open() as f:
         rows = {r["entry"]: r for r in csv.DictReader(f)}
     assert list(rows) == load_suite(name).entry_names()
+    planned = {p.entry.name: p for p in plan_suite(load_suite(name), "smoke", out)}
     for entry, row in rows.items():
         assert row["status"] == "done" and row["data"].startswith("cifar10"), (entry, row)
-        assert 0 <= float(row["knn_top1"]) <= 100, (entry, row)
+        for kind, settings in planned[entry].evals.items():  # each evaluation ran with the suite's settings
+            saved = json.loads((out / entry / f"eval_{kind}.json").read_text())
+            assert all(saved["settings"][k] == v for k, v in settings.items()), (entry, kind)
+            if kind in ("linear", "finetune"):
+                assert len(saved["history"]) == settings["epochs"], (entry, kind)
+        assert float(row["knn_top1"]) == json.loads((out / entry / "eval_knn.json").read_text())["top1"]
     if name == "overlay":
-        row = rows["overlay-a0.3"]
-        assert 0 <= float(row["linear_best_top1"]) <= 100
-        assert 0 <= float(row["finetune_best_top1"]) <= 100 and float(row["paper_finetune_top1"]) == 38.1
-        assert 0 <= float(rows["supervised-scratch"]["finetune_best_top1"]) <= 100
-    else:
-        assert all(0 <= float(r["linear_best_top1"]) <= 100 for r in rows.values())
+        assert float(rows["overlay-a0.3"]["paper_finetune_top1"]) == 38.1
+        monitor = json.loads((out / "supervised-scratch" / "eval_monitor.json").read_text())
+        assert float(rows["supervised-scratch"]["finetune_best_top1"]) == monitor["best_top1"]
