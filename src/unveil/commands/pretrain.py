@@ -62,5 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import dist
 
     if dist.is_main():
-        print(f"unveil: run finished: {run_dir} (config {run_dir / CONFIG_NAME})")
+        from ..viz.curves import plot_curves
+
+        curves = plot_curves(run_dir, run_dir / "curves.png")  # the loss curve: useful with or without labels
+        print(f"unveil: run finished: {run_dir} (config {run_dir / CONFIG_NAME}, loss curve {curves})")
     return 0

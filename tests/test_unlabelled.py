@@ -1,0 +1,74 @@
+"""A folder of photos without class folders is first-class: it trains, checkpoints every epoch, and
+shows what can be shown without labels; a failing monitor never costs a checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from unveil.cli import main
+from unveil.train import engine
+from unveil.train.checkpoint import load_checkpoint
+from unveil.train.logs import EPOCH_LOG, read_csv
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def flat_folder(tiny_folder, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(tiny_folder.rglob("*.png")):
+        shutil.copy(path, flat / f"{path.parent.name}_{path.name}")
+    return flat
+
+
+ARGS = ["data.image_size=16", "train.batch_size=16", "method.proj_hidden_dim=32", "method.proj_dim=16",
+        "train.progress=false", "train.precision=fp32"]
+
+
+def test_flat_folder_trains_checkpoints_and_draws_neighbours(flat_folder, tmp_path, capsys, monkeypatch):
+    saved_steps = []
+    real_save = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state: (saved_steps.append(state["step"]),
+                                                                        real_save(path, state)))
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(flat_folder), "--method", "simclr", "--epochs", "2", "--out", str(out), *ARGS]) == 0
+    err = capsys.readouterr().err
+    assert "no labels" in err and "kNN monitor is skipped" in err and "Traceback" not in err
+    steps_per_epoch = 77 // 16
+    assert sorted(set(saved_steps)) == [steps_per_epoch, 2 * steps_per_epoch]  # every epoch
+    assert load_checkpoint(out / "last.ckpt")["step"] == 2 * steps_per_epoch
+    assert (out / "neighbours.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    assert [r["epoch"] for r in read_csv(out / EPOCH_LOG)] == [1, 2]
+
+
+def test_flat_folder_autoencoder_also_draws_reconstructions(flat_folder, tmp_path):
+    out = tmp_path / "ae"
+    assert main(["pretrain", "--recipe", "overlay_cifar10", "--data", str(flat_folder), "--epochs", "1", "--out", str(out),
+                 "data.image_size=16", "train.batch_size=16", "train.progress=false", "train.precision=fp32",
+                 "method.arch=resnet18", "backbone.name=ae_resnet18"]) == 0
+    assert (out / "recon.png").stat().st_size > 0 and (out / "neighbours.png").stat().st_size > 0
+
+
+def test_a_failing_monitor_loses_no_checkpoint(tiny_folder, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise IndexError("index -1 is out of bounds")
+
+    monkeypatch.setattr(engine, "run_monitor", broken)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tiny_folder), "--epochs", "2", "--out", str(out), *ARGS]) == 0
+    err = capsys.readouterr().err
+    assert err.count("monitor failed (IndexError: index -1 is out of bounds)") == 2
+    assert load_checkpoint(out / "last.ckpt")["step"] == 2 * (77 // 16)
+
+
+def test_labelled_monitor_reports_its_share_of_the_epoch(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tiny_folder), "--epochs", "1", "--out", str(out), *ARGS]) == 0
+    row = load_checkpoint(out / "last.ckpt")["history"][-1]
+    assert row["monitor_s"] > 0 and 0 < row["monitor_share"] < 1 and "knn_top1" in row
