@@ -184,6 +184,11 @@ def test_cli_list_dry_run_and_one_line_errors(capsys, tmp_path):
     assert "eval.bogus" in capsys.readouterr().err
     assert main(["bench", "overlay", "--scale", "smoke", "eval.linear.epoch=1", "--out", str(tmp_path)]) == 2
     assert "bad linear setting" in capsys.readouterr().err
+    assert main(["bench", "overlay", "--scale", "smoke", "eval.linear.schedule=cosin", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "linear.schedule must be one of cosine, constant" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "overlay", "--scale", "smoke", "eval.finetune.augment=maybe", "--out", str(tmp_path)]) == 2
+    assert "finetune.augment must be true or false" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -194,12 +194,15 @@ def pretrain_state(run_dir: Path) -> str:
 
 def check_protocol_settings(kind: str, settings: dict[str, Any], where: str) -> None:
     """Misspelt or unknown settings fail at planning time, naming the entry."""
-    from ..eval.protocols import protocol_function
+    from ..eval.protocols import check_settings, protocol_function
 
     try:
         inspect.signature(protocol_function(kind)).bind("run", **settings)
+        check_settings(kind, settings)
     except TypeError as exc:
         raise UserError(f"{where}: bad {kind} setting(s) {sorted(settings)} ({exc})") from None
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def check_only(suite: Suite, only: list[str] | None) -> None:

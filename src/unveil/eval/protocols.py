@@ -80,13 +80,46 @@ def _record(kind: str, args: dict[str, Any], state: dict[str, Any], cfg: dict[st
                   "step": int(state["step"]), "data": data_record(cfg, state, eval_data)})
 
 
+_SUMMARIES: dict[tuple[str, int, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def _summary(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(step and data_info, config) of a run's checkpoint, read once per checkpoint file version:
+    a suite asks for every entry's settings each time it writes its table."""
+    run_dir, ckpt = resolve_run(run)
+    st = ckpt.stat()
+    key = (str(ckpt.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SUMMARIES:
+        _, _, state, cfg = _state(run)
+        _SUMMARIES[key] = ({"step": state["step"], "data_info": state.get("data_info")}, cfg)
+    return _SUMMARIES[key]
+
+
 def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, Any]:
     """The ``settings`` record ``protocol_function(kind)(run, **settings)`` would save now."""
     bound = inspect.signature(protocol_function(kind)).bind(run, **settings)
     bound.apply_defaults()
     args = {k: v for k, v in bound.arguments.items() if k not in _NOT_SETTINGS}
-    _, _, state, cfg = _state(run)
+    state, cfg = _summary(run)
     return _record(kind, args, state, cfg)
+
+
+def check_settings(kind: str, settings: dict[str, Any]) -> None:
+    """Bad values of a suite's evaluation settings fail before any training (binding checks the names)."""
+    from .linear import OPTIMIZERS, SCHEDULES
+
+    for key in ("standardize", "augment"):
+        if key in settings:
+            require(isinstance(settings[key], bool), f"{kind}.{key} must be true or false, got {settings[key]!r}")
+    if kind == "linear":
+        require(settings.get("schedule", "cosine") in SCHEDULES,
+                f"linear.schedule must be one of {', '.join(SCHEDULES)}, got {settings.get('schedule')!r}")
+        require(settings.get("optimizer", "adam") in OPTIMIZERS,
+                f"linear.optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.get('optimizer')!r}")
+    if kind == "finetune":
+        choices = ("sgd", "lars", "adamw", "adam")
+        require(settings.get("optimizer", "sgd") in choices,
+                f"finetune.optimizer must be one of {', '.join(choices)}, got {settings.get('optimizer')!r}")
 
 
 def _unlabelled(run_dir: Path, what: str) -> str:
