@@ -36,16 +36,37 @@ class DataInfo:
 
 
 METHODS: dict[str, Callable[..., nn.Module]] = {}
+ABOUT: dict[str, tuple[str, str]] = {}  # name -> (one-line summary, paper)
 
 
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make a method available to recipes as ``method: name``."""
+def register(name: str, summary: str = "", paper: str = "") -> Callable[[type], type]:
+    """Class decorator: make a method available to recipes as ``method: name``.
+
+    ``summary`` and ``paper`` feed ``methods_table`` (the README's table of what exists)."""
 
     def deco(cls: type) -> type:
         METHODS[name] = cls
+        doc_line = (cls.__doc__ or "").strip().split("\n")[0]
+        ABOUT[name] = (summary or doc_line, paper)
         return cls
 
     return deco
+
+
+def methods_table() -> str:
+    """Markdown table of the registered methods (private ``_names`` left out), with their shipped recipes."""
+    from ..config import available_recipes, load_recipe
+
+    _import_all()
+    recipes: dict[str, list[str]] = {}
+    for recipe in available_recipes():
+        recipes.setdefault(str(load_recipe(recipe).get("method", {}).get("name", "simclr")), []).append(recipe)
+    lines = ["| method | what it does | paper | shipped recipes |", "|---|---|---|---|"]
+    for name in sorted(n for n in METHODS if not n.startswith("_")):
+        summary, paper = ABOUT.get(name, ("", ""))
+        shipped = ", ".join(f"`{r}`" for r in recipes.get(name, [])) or "-"
+        lines.append(f"| `{name}` | {summary} | {paper or '-'} | {shipped} |")
+    return "\n".join(lines)
 
 
 def _import_all() -> None:

@@ -83,7 +83,7 @@ def augment_images(x: Tensor, generator: torch.Generator, padding: int = 4, degr
     return x
 
 
-@register("context_patch_ae")
+@register("context_patch_ae", summary="reconstruct each patch from its 8 neighbours' embeddings (or from itself: the simple AE)", paper="2 Context-patch AE")
 class ContextPatchAE(nn.Module):
     """Reconstruct each patch from its 8 neighbours' tower embeddings (or from itself: simple)."""
 

@@ -45,7 +45,7 @@ for _name, _settings in CORRUPTION_SETTINGS.items():  # a renamed corruption or 
         raise RuntimeError(f"denoising_ae: corruption '{_name}' with parameters {sorted(_settings)} is not registered")
 
 
-@register("denoising_ae")
+@register("denoising_ae", summary="ResNet autoencoder that undoes a corruption: paired-image overlay, random pixel mask, AutoAugment, or none (plain AE)", paper="1 Paired image overlay")
 class DenoisingAE(nn.Module):
     """ResNet autoencoder trained to undo a corruption (overlay, pixel mask, AutoAugment, none)."""
 

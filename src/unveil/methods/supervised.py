@@ -16,7 +16,7 @@ from ..views import ViewPipeline, eval_transform, view_preset
 from . import DataInfo, register
 
 
-@register("supervised")
+@register("supervised", summary="backbone + linear head, cross-entropy: the supervised baseline and the fine-tuning protocol", paper="baseline of paper 1")
 class Supervised(nn.Module):
     def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,
                  view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
