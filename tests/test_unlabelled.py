@@ -43,7 +43,8 @@ def test_flat_folder_trains_checkpoints_and_draws_neighbours(flat_folder, tmp_pa
     steps_per_epoch = 77 // 16
     assert sorted(set(saved_steps)) == [steps_per_epoch, 2 * steps_per_epoch]  # every epoch
     assert load_checkpoint(out / "last.ckpt")["step"] == 2 * steps_per_epoch
-    assert (out / "neighbours.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    for figure in ("neighbours.png", "neighbours_untrained.png", "curves.png"):
+        assert (out / figure).stat().st_size > 0, figure
     assert [r["epoch"] for r in read_csv(out / EPOCH_LOG)] == [1, 2]
 
 

@@ -212,8 +212,11 @@ def _announce(run: _Run) -> None:
                     f"{run.steps_per_epoch} steps/epoch" + (f"; backbone {run.stem_note}" if run.stem_note else ""))
     if t["monitor"] == "knn" and not run.labelled:
         run.logger.info("the data has no labels, so the kNN monitor is skipped: each epoch writes neighbours.png "
-                        "(nearest training images of 8 test images) in the run directory instead; for accuracy, "
-                        f"evaluate on labelled data: unveil eval knn {run.run_dir} --eval-data LABELLED_FOLDER")
+                        "(nearest training images of 8 test images; neighbours_untrained.png is the same before "
+                        "training) in the run directory instead; for accuracy, evaluate on labelled data: "
+                        f"unveil eval knn {run.run_dir} --eval-data LABELLED_FOLDER")
+        if run.step == 0:
+            unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
     elif t["monitor"] == "knn":
         bank, query = monitor_sizes(t, len(ds.train.images), len(ds.test.images))
         run.logger.info(f"kNN monitor every {t['monitor_every_epochs']} epoch(s): {bank} training images as the bank, "

@@ -2,8 +2,9 @@
 labels, nearest-neighbour (and, for autoencoders, reconstruction) grids instead of numbers.
 
 Sized to stay cheap: with ``monitor_train_size/monitor_test_size: auto`` the bank is a quarter of
-the training set (at most 10,000) and the queries a twentieth (at most 2,000), i.e. about 0.3
-forward passes per training image, against about 6 per image in a two-view epoch (~5 %).
+the training set (at least 64, at most 10,000) and the queries a twentieth (at least 32, at most
+2,000), i.e. about 0.3 forward passes per training image, against about 6 per image in a two-view
+epoch (~5 %).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..eval.knn import knn_accuracy
 from .precision import autocast
 
 NEIGHBOURS_PNG = "neighbours.png"
+NEIGHBOURS_UNTRAINED_PNG = "neighbours_untrained.png"
 RECON_PNG = "recon.png"
 
 
@@ -36,9 +38,9 @@ def monitor_sizes(t: dict[str, Any], n_train: int, n_test: int) -> tuple[int, in
     query set stays the earlier fixed 5,000 test images."""
     bank, query = t["monitor_train_size"], t["monitor_test_size"]
     if bank == "auto":
-        bank = min(10_000, max(256, n_train // 4))
+        bank = min(10_000, max(64, n_train // 4))
     if query == "auto":
-        query = 5_000 if t["monitor"] == "classify" else min(2_000, max(128, n_train // 20))
+        query = 5_000 if t["monitor"] == "classify" else min(2_000, max(32, n_train // 20))
     return min(bank or n_train, n_train), min(query or n_test, n_test)
 
 
@@ -63,8 +65,9 @@ def classify_accuracy(method: nn.Module, images: Tensor, labels: Tensor, device:
 
 
 def unlabelled_figures(method: nn.Module, dataset: Any, t: dict[str, Any], device: torch.device, precision: str,
-                       run_dir: Path, epoch: int, n_queries: int = 8) -> dict[str, Any]:
-    """Nearest-neighbour grid (and reconstruction grid for autoencoders) of fixed test images."""
+                       run_dir: Path, epoch: int, n_queries: int = 8, untrained: bool = False) -> dict[str, Any]:
+    """Nearest-neighbour grid (and reconstruction grid for autoencoders) of fixed test images;
+    ``untrained``: the same grid before the first step, the baseline to compare the others with."""
     from ..viz.neighbours import neighbour_grid
 
     n_bank, _ = monitor_sizes(t, len(dataset.train.images), len(dataset.test.images))
@@ -72,9 +75,13 @@ def unlabelled_figures(method: nn.Module, dataset: Any, t: dict[str, Any], devic
     queries = dataset.test.images[fixed_subset(len(dataset.test.images), n_queries, seed=1)]
     bank = extract(method.embed, bank_images, device, precision)
     query = extract(method.embed, queries, device, precision)
-    title = f"epoch {epoch}: nearest of {len(bank_images)} training images (encoder features, cosine)"
-    neighbour_grid(queries, bank_images, query, bank, run_dir / NEIGHBOURS_PNG, title=title)
-    row: dict[str, Any] = {"figures": NEIGHBOURS_PNG}
+    when = "untrained encoder (compare with neighbours.png)" if untrained else f"epoch {epoch}"
+    title = f"{when}: nearest of {len(bank_images)} training images (encoder features, cosine)"
+    name = NEIGHBOURS_UNTRAINED_PNG if untrained else NEIGHBOURS_PNG
+    neighbour_grid(queries, bank_images, query, bank, run_dir / name, title=title)
+    row: dict[str, Any] = {"figures": name}
+    if untrained:
+        return row
     if hasattr(method, "reconstruct"):
         from ..viz.reconstruct import reconstruction_grid
 

@@ -30,7 +30,7 @@ def neighbour_grid(queries: Tensor, bank: Tensor, query_feats: Tensor, bank_feat
     rows = []
     for i in range(queries.shape[0]):
         tiles = torch.cat([to_display(queries[i : i + 1]), to_display(bank[idx[i]])])
-        rows.append((f"query {i + 1}\nthen its {idx.shape[1]}\nnearest (cos\n{sims[i, 0]:.2f}..{sims[i, -1]:.2f})", tiles))
+        rows.append((f"query {i + 1}\nthen its {idx.shape[1]}\nnearest\ncos {sims[i, 0]:.2f} to\n{sims[i, -1]:.2f}", tiles))
     cell = max(64, min(128, queries.shape[-1] * 2))
     save_png(labelled_grid(rows, title=title, cell=cell, label_width=110), path)
     return Path(path)
