@@ -68,8 +68,10 @@ def test_a_failing_monitor_loses_no_checkpoint(tiny_folder, tmp_path, capsys, mo
     assert load_checkpoint(out / "last.ckpt")["step"] == 2 * (77 // 16)
 
 
-def test_labelled_monitor_reports_its_share_of_the_epoch(tiny_folder, tmp_path):
+def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pretrain", "--data", str(tiny_folder), "--epochs", "1", "--out", str(out), *ARGS]) == 0
-    row = load_checkpoint(out / "last.ckpt")["history"][-1]
-    assert row["monitor_s"] > 0 and 0 < row["monitor_share"] < 1 and "knn_top1" in row
+    untrained, row = load_checkpoint(out / "last.ckpt")["history"]
+    assert row["monitor_s"] > 0 and 0 < row["monitor_share"] < 1 and "knn_top1" in row and row["epoch"] == 1
+    assert untrained["epoch"] == 0 and untrained["step"] == 0 and "knn_top1" in untrained  # the baseline, measured first
+    assert "untrained encoder: kNN top-1" in capsys.readouterr().err

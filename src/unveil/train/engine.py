@@ -105,6 +105,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
     _build_optimizer(run)
     _restore(run)
     _announce(run)
+    _untrained_baseline(run)
     _loop(run)
     _finish(run)
     return run.run_dir
@@ -215,12 +216,31 @@ def _announce(run: _Run) -> None:
                         "(nearest training images of 8 test images; neighbours_untrained.png is the same before "
                         "training) in the run directory instead; for accuracy, evaluate on labelled data: "
                         f"unveil eval knn {run.run_dir} --eval-data LABELLED_FOLDER")
-        if run.step == 0:
-            unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
+
     elif t["monitor"] == "knn":
         bank, query = monitor_sizes(t, len(ds.train.images), len(ds.test.images))
         run.logger.info(f"kNN monitor every {t['monitor_every_epochs']} epoch(s): {bank} training images as the bank, "
                         f"{query} test images as queries (train.monitor_train_size / monitor_test_size)")
+
+
+def _untrained_baseline(run: _Run) -> None:
+    """Before the first step, the kNN monitor measures the untrained encoder (history row epoch 0),
+    so every later number stands beside it; without labels it draws neighbours_untrained.png."""
+    t = run.t
+    if run.step != 0 or run.total_steps == 0 or t["monitor"] != "knn":
+        return
+    if run.rank == 0:
+        start = time.perf_counter()
+        if run.labelled:
+            row = {"epoch": 0, "step": 0, **run_monitor(run.method, run.dataset, t, run.device, run.precision),
+                   "monitor_s": round(time.perf_counter() - start, 2)}
+            run.history.append(row)
+            run.logger.epoch(row)
+            run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
+        else:
+            unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
+    dist.barrier()
+    run.model.train()
 
 
 def _train_step(run: _Run, images: Tensor, labels: Tensor, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -328,7 +348,11 @@ def _end_of_epoch(run: _Run, epoch_s: float, progress: Any) -> None:
                    "monitor_share": round(monitor_s / max(epoch_s + monitor_s, 1e-9), 3)}
             run.history.append(row)
             run.logger.epoch(row)
-            progress.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            base = run.history[0] if run.history and run.history[0]["epoch"] == 0 else None
+            if base is not None and "knn_top1" in row:
+                shown += f"  (untrained knn_top1={base['knn_top1']:.4g})"
+            progress.write(shown)
     dist.barrier()
     run.model.train()
     if run.world > 1:
