@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent('''
     from unveil import methods
     from unveil.errors import UserError
     from unveil.methods.simclr import SimCLR
-    from unveil.train import dist
+    from unveil import dist
 
 
     @methods.register("simclr_failing_on_rank1")

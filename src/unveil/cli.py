@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Under torchrun, an error on any rank ends every rank within seconds."""
-    from .train import dist
+    from . import dist
 
     parser = build_parser()
     args = parser.parse_args(argv)

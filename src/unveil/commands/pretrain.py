@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(cfg, resume=run_dir)
     else:
         run_dir = train(resolve(args.recipe, overrides))
-    from ..train import dist
+    from .. import dist
 
     if dist.is_main():
         from ..viz.curves import plot_curves

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import dist
 from .. import methods as method_registry
 from ..build import backbone_config, build_method_for, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
-from . import dist
 from .checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from .loader import TensorBatches
 from .logs import RunLogger
