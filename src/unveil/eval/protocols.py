@@ -29,7 +29,7 @@ from ..train.precision import pick_device, pick_precision
 from .features import extract
 from .knn import knn_accuracy
 from .linear import linear_probe
-from .settings import PROTOCOLS, comparable, differences, plain
+from .settings import PROTOCOLS, VOLATILE, comparable, differences, plain
 
 FEATURES_VERSION = 2  # bump when extraction changes what the cached features hold
 _NOT_SETTINGS = {"run", "device"}  # arguments that do not change the result
@@ -295,8 +295,7 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     if (out / CKPT_NAME).is_file():
         saved_cfg = read_config(out) if (out / CONFIG_NAME).is_file() else {}
         saved = json.loads(marker.read_text()) if marker.is_file() else None
-        volatile = {("out",), ("data", "root"), ("train", "progress"), ("train", "device"),
-                    ("train", "log_every_steps"), ("train", "ckpt_every_steps"), ("train", "init_backbone")}
+        volatile = VOLATILE | {("train", "init_backbone")}  # the weights' identity is settings["step"]
         diff = differences(comparable(cfg, volatile), comparable(saved_cfg, volatile))
         if saved is None:
             diff.append("no settings recorded")
