@@ -193,3 +193,12 @@ def test_auto_monitor_sizes_stay_near_a_tenth_of_an_epoch():
     assert monitor_sizes(t, 50_000, 10_000) == (10_000, 2_000)
     assert monitor_sizes(t, 100, 20) == (64, 20)  # small data: small floors (a few seconds at most)
     assert monitor_sizes({**t, "monitor_train_size": None, "monitor_test_size": 7}, 500, 90) == (500, 7)
+
+
+def test_auto_batch_fits_small_folders():
+    from unveil.train.engine import auto_batch_size
+
+    assert auto_batch_size(50_000)[0] == 256 and auto_batch_size(50_000)[1] == ""
+    batch, note = auto_batch_size(245)  # the 245 training photos of the ants/bees folder
+    assert batch == 64 and "245 images" in note
+    assert auto_batch_size(77)[0] == 32 and auto_batch_size(3, accumulate_steps=2)[0] == 2

@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 10,  # 0 saves the initial weights: a random-init baseline to evaluate
         "max_steps": None,  # stop early after this many optimizer steps (budgeted runs)
-        "batch_size": 256,
+        "batch_size": "auto",  # auto: 256, or the largest power of two giving >= 2 steps per epoch on small data
         "optimizer": "sgd",  # sgd | lars | adamw | adam
         "lr": 0.06,  # base lr for a batch of 256: actual = lr * global_batch / 256 when scale_lr
         "scale_lr": True,
@@ -156,7 +156,7 @@ def resolve(recipe: str | Path | None = None, overrides: list[str] | dict | None
 _NUMBER = (int, float)
 # Expected type per field where the default alone does not say it (None defaults, numbers).
 _TYPES: dict[str, tuple[type, ...]] = {
-    "train.max_steps": (int, type(None)),
+    "train.max_steps": (int, type(None)), "train.batch_size": (int, str),
     "train.lr": _NUMBER, "train.weight_decay": _NUMBER, "train.momentum": _NUMBER,
     "train.warmup_epochs": _NUMBER, "train.min_lr": _NUMBER, "train.knn_t": _NUMBER,
     "train.grad_clip_norm": (*_NUMBER, type(None)),
@@ -200,7 +200,8 @@ def validate(cfg: dict[str, Any]) -> None:
         )
 
     positive_int("train.epochs", t["epochs"], minimum=0)  # 0: keep the initial weights (random-init baseline)
-    positive_int("train.batch_size", t["batch_size"])
+    if t["batch_size"] != "auto":
+        positive_int("train.batch_size", t["batch_size"])
     if t["max_steps"] is not None:
         positive_int("train.max_steps", t["max_steps"])
     require(t["lr"] > 0, f"train.lr must be > 0, got {t['lr']!r}")
@@ -210,7 +211,7 @@ def validate(cfg: dict[str, Any]) -> None:
     require(t["grad_clip_norm"] is None or t["grad_clip_norm"] > 0,
             f"train.grad_clip_norm must be > 0 (or null for no clipping), got {t['grad_clip_norm']!r}")
     positive_int("train.accumulate_steps", t["accumulate_steps"])
-    require(t["batch_size"] % t["accumulate_steps"] == 0,
+    require(t["batch_size"] == "auto" or t["batch_size"] % t["accumulate_steps"] == 0,
             f"train.batch_size={t['batch_size']} must be a multiple of train.accumulate_steps={t['accumulate_steps']} "
             "(each batch is split into that many micro-batches)")
     choices = {

@@ -87,6 +87,8 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     logger: RunLogger = None  # type: ignore[assignment]
     labelled: bool = True
+    batch_size: int = 0  # per process; train.batch_size, or what auto chose for the data
+    batch_note: str = ""
 
     @property
     def t(self) -> dict[str, Any]:
@@ -143,10 +145,26 @@ def _load_data(run: _Run) -> None:
     if run.rank == 0:
         dist.barrier()
     n, batch = len(run.dataset.train.images), run.t["batch_size"]
-    require(n >= batch * run.world,
-            f"train.batch_size={batch} x {run.world} process(es) is larger than the {n} training images: "
+    if batch == "auto":
+        run.batch_size, run.batch_note = auto_batch_size(n // run.world, run.t["accumulate_steps"])
+    else:
+        run.batch_size = batch
+    require(n >= run.batch_size * run.world,
+            f"train.batch_size={run.batch_size} x {run.world} process(es) is larger than the {n} training images: "
             "lower train.batch_size or use more data")
+    require(run.batch_size % run.t["accumulate_steps"] == 0,
+            f"batch {run.batch_size} is not a multiple of train.accumulate_steps={run.t['accumulate_steps']}")
     run.labelled = has_labels(run.dataset)
+
+
+def auto_batch_size(images_per_rank: int, accumulate_steps: int = 1, default: int = 256) -> tuple[int, str]:
+    """256 per process, or on small data the largest power of two that still gives an epoch at least
+    two steps (a folder of 245 photos trains with batch 64 instead of stopping)."""
+    batch = default
+    while batch > max(2, accumulate_steps) and batch * 2 > images_per_rank:
+        batch //= 2
+    note = "" if batch == default else f"lowered from {default} so {images_per_rank} images make at least 2 steps an epoch"
+    return batch, note
 
 
 def _build_model(run: _Run) -> None:
@@ -174,12 +192,12 @@ def _build_model(run: _Run) -> None:
 def _build_optimizer(run: _Run) -> None:
     """Seeded batch order, the step budget, the lr scaled to the global batch, the optimizer."""
     t = run.t
-    run.batches = TensorBatches(run.dataset.train.images, run.dataset.train.labels, t["batch_size"], t["seed"],
+    run.batches = TensorBatches(run.dataset.train.images, run.dataset.train.labels, run.batch_size, t["seed"],
                                 run.rank, run.world)
     run.total_steps = run.steps_per_epoch * t["epochs"]
     if t["max_steps"]:
         run.total_steps = min(run.total_steps, t["max_steps"])
-    global_batch = t["batch_size"] * run.world
+    global_batch = run.batch_size * run.world
     run.base_lr = t["lr"] * global_batch / 256 if t["scale_lr"] else t["lr"]
     run.optimizer = build_optimizer(run.method, t, run.base_lr)
     run.generator = torch.Generator(device=run.device).manual_seed(t["seed"] * 1000 + run.rank)
@@ -210,6 +228,7 @@ def _announce(run: _Run) -> None:
     labels = f"{ds.num_classes} classes" if run.labelled else "no labels"
     run.logger.info(f"run {run.run_dir}: {run.cfg['method']['name']} on {ds.name} ({len(ds.train.images)} images, "
                     f"{ds.image_size} px, {labels}), {run.world} process(es) on {run.device.type}, {run.precision}, "
+                    f"batch {run.batch_size}{' (auto: ' + run.batch_note + ')' if run.batch_note else ''}, "
                     f"{run.steps_per_epoch} steps/epoch" + (f"; backbone {run.stem_note}" if run.stem_note else ""))
     if t["monitor"] == "knn" and not run.labelled:
         run.logger.info("the data has no labels, so the kNN monitor is skipped: each epoch writes neighbours.png "
