@@ -364,7 +364,8 @@ def test_autoencoder_trains_evaluates_reconstructs_and_exports_from_the_cli(reci
                  "train.progress=false", "train.precision=fp32", *extra]) == 0
     assert main(["eval", "linear", str(run), "--epochs", "2"]) == 0
     linear = json.loads((run / "eval_linear.json").read_text())
-    assert 0 <= linear["last_top1"] <= 100 and 0 <= linear["best_top1"] <= 100
+    # Red vs blue: measured 100 % after 1 epoch and from random weights alike (2026-11-30); chance is 50 %.
+    assert linear["last_top1"] > 90
     assert main(["reconstruct", str(run), "-o", str(tmp_path / "recon.png"), "--n", "4"]) == 0
     with Image.open(tmp_path / "recon.png") as img:
         assert img.width > img.height > 0

@@ -117,7 +117,8 @@ def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder
     torch.manual_seed(0)  # the engine seeds with train.seed (0) before building the method
     fresh = build_method_for(state["config"], dataset_info=state["data_info"])
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state["model"].items())
-    assert 0 <= evaluate_knn(run, k=5)["top1"] <= 100
+    # Red vs blue is separable even by random features: measured 100 % on the 19 test images (2026-11-30).
+    assert evaluate_knn(run, k=5)["top1"] > 90
     with pytest.raises(UserError, match="non-negative"):
         tiny_cfg(tiny_folder, tmp_path / "bad", epochs=-1)
 
@@ -127,9 +128,11 @@ def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "run", epochs=1))
     lin = evaluate_linear(run, epochs=5, device="cpu")
-    assert 0 <= lin["last_top1"] <= 100 and Path(lin["saved"]).is_file()
+    # Measured 2026-11-30: 94.7 % of 19 test images (84.2 from random weights, 89.5 after 2 epochs; chance 50).
+    assert lin["last_top1"] > 70 and Path(lin["saved"]).is_file()
     ft = evaluate_finetune(run, epochs=2, batch_size=16, overrides=["train.progress=false"])
-    assert len(ft["history"]) == 2 and ft["best_top1"] >= ft["last_top1"]
+    assert len(ft["history"]) == 2 and ft["last_top1"] == ft["history"][-1]["test_top1"]
+    assert ft["best_top1"] == max(r["test_top1"] for r in ft["history"])
 
 
 def test_two_process_ddp_run_with_torchrun(tiny_folder, tmp_path):
@@ -144,6 +147,7 @@ def test_two_process_ddp_run_with_torchrun(tiny_folder, tmp_path):
     state = load_checkpoint(out / "last.ckpt")
     assert len(state["generator"]) == 2  # one generator state per rank, for exact resume
     assert state["step"] == (77 // 2) // 8  # each rank holds 38 of the 77 train images, batch 8
-    assert state["history"] and 0 <= state["history"][-1]["knn_top1"] <= 100
+    # Red vs blue through the DDP monitor: measured 100 % kNN top-1 (2026-11-30; chance 50 %).
+    assert state["history"] and state["history"][-1]["knn_top1"] > 90, state["history"]
 
 

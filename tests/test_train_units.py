@@ -105,7 +105,8 @@ def test_linear_probe_learns_linearly_separable_features():
     x = torch.randn(2500, 20, generator=g)
     y = (x @ w).argmax(1)
     res = linear_probe(x[:2000], y[:2000], x[2000:], y[2000:], 4, epochs=20, lr=1e-2)
-    assert res["last_top1"] > 80 and res["best_top1"] >= res["last_top1"]  # measured 90 (chance 25)
+    assert res["last_top1"] > 80  # measured 90 (chance 25)
+    assert res["best_top1"] == max(r["top1"] for r in res["history"])  # best is the best epoch, not another
     assert len(res["history"]) == 20
 
 
