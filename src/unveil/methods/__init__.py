@@ -9,6 +9,11 @@ The method contract (the only thing the engine knows about a method):
   own views and corruptions, and returns ``{"loss": scalar, ...anything worth logging}``.
   (Training step = ``forward`` so that DistributedDataParallel can wrap the method.)
 * optional ``after_optimizer_step(step, total_steps)``: EMA targets, queues, momentum schedules.
+* optional ``param_groups() -> list[dict]``: ``{"params": [...], "lr_scale": 1.0, "weight_decay": True}``
+  per group (every trainable parameter in exactly one); the schedule multiplies each group's
+  ``lr_scale``, ``weight_decay: False`` exempts a group (and LARS skips it). Without it, norms,
+  biases, 1-d parameters and names a module lists in ``no_weight_decay()`` (timm's convention) get
+  no weight decay (``unveil.train.optim.default_param_groups`` builds these for a submodule).
 * ``embed(images) -> Tensor``: features for kNN / linear evaluation from a uint8 batch
   (the method applies its own deterministic evaluation transform).
 """
