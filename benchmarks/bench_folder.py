@@ -6,19 +6,21 @@ Each round runs, in an order that rotates from round to round, two fresh process
                ``train.max_steps`` (a short run), ``train.log_every_steps`` and ``train.progress`` are set.
                images/s comes from the run's step log (``log.csv``, first row skipped: warm-up); the
                per-epoch kNN monitor runs at the end of the short run as at the end of every epoch, and
-               its time is the ``monitor_s`` the engine writes to the run's ``metrics.csv``.
+               its time is the ``monitor_s`` the engine writes to the run's ``metrics.csv`` (epoch >= 1; the
+               once-per-run untrained-encoder baseline, an epoch-0 row, is reported apart).
                Share of a whole epoch = monitor s / (steps_per_epoch x batch / images/s + monitor s)
                (the engine's own ``monitor_share`` refers to the short run's partial epoch).
 * ``lightly``  the recipe of lightly's docs example (torchvision ResNet-18 without fc,
-               ``SimCLRProjectionHead(512, 512, 128)``, ``NTXentLoss()``, SGD lr 0.06, the batch unveil uses (256 by default, as the example),
-               ``SimCLRTransform`` with ``input_size`` = 64, the images' size; the transform's default
-               is 224) on the flat copy of the folder via ``LightlyDataset``; fp32 as in the example;
-               images/s over the steps after the first ``--skip`` (warm-up, worker start).
+               ``SimCLRProjectionHead(512, 512, 128)``, ``NTXentLoss()``, SGD lr 0.06, unveil's batch
+               (256 by default, as the example), ``SimCLRTransform`` with ``input_size`` = 64, the
+               images' size (the transform's default is 224)) on the flat copy of the folder via
+               ``LightlyDataset``, 2 loader workers; fp32 as in the example; images/s over the steps
+               after the first min(5, steps - 1) (warm-up, worker start).
 
 The unveil decode cache is filled once before the rounds (a first run decodes the JPEGs; later
 runs read the cache, as a user's second run would).
 
-    .venv/bin/python benchmarks/bench_folder.py --folder /tmp/h3/cifar64 --rounds 2 --steps 15
+    .venv/bin/python benchmarks/bench_folder.py --folder /tmp/h3/cifar64 --rounds 3 --steps 8 --log-every 4
 """
 
 from __future__ import annotations
@@ -141,9 +143,12 @@ def main() -> None:
                 wall = run_child(command, env, work / f"unveil-{r}.log")
                 logged = read_csv(out / STEP_LOG)
                 rate = statistics.median(x["images_per_s"] for x in logged[1:])
-                monitor = sum(x["monitor_s"] for x in read_csv(out / EPOCH_LOG))
+                epochs = read_csv(out / EPOCH_LOG)  # an epoch-0 row, when present, is the untrained-encoder baseline
+                monitor = sum(x["monitor_s"] for x in epochs if x["epoch"] and x["epoch"] >= 1)
+                baseline = sum(x["monitor_s"] for x in epochs if not x["epoch"])
                 epoch_train = steps_per_epoch * batch / rate
-                row["unveil"] = {"images_per_s": rate, "monitor_s": monitor, "epoch_train_s": epoch_train,
+                row["unveil"] = {"images_per_s": rate, "monitor_s": monitor, "baseline_monitor_s": baseline,
+                                 "epoch_train_s": epoch_train,
                                  "monitor_share": monitor / (epoch_train + monitor), "wall_s": wall,
                                  "logged": [x["images_per_s"] for x in logged]}
                 resolved = (out / CONFIG_NAME).read_text() if (out / CONFIG_NAME).exists() else ""
