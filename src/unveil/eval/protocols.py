@@ -246,7 +246,8 @@ def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_
 def _finetune_history(out: Path) -> list[dict[str, Any]]:
     from ..train.logs import EPOCH_LOG, read_csv
 
-    return [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None]
+    # epoch 0 (a before-training baseline row, if the monitor writes one) is not a fine-tuned model
+    return [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None and int(r["epoch"]) >= 1]
 
 
 def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch_size: int = 256,
