@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
 from unveil.cli import main
 from unveil.train import engine
@@ -75,3 +76,25 @@ def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_fold
     assert row["monitor_s"] > 0 and 0 < row["monitor_share"] < 1 and "knn_top1" in row and row["epoch"] == 1
     assert untrained["epoch"] == 0 and untrained["step"] == 0 and "knn_top1" in untrained  # the baseline, measured first
     assert "untrained encoder: kNN top-1" in capsys.readouterr().err
+
+
+def test_eval_baseline_is_the_untrained_run_of_the_same_recipe(tiny_folder, tmp_path, capsys):
+    from unveil.config import resolve
+    from unveil.eval.protocols import evaluate_knn
+
+    def cfg(out, epochs):
+        return resolve(None, [f"data.name={tiny_folder}", f"out={out}", f"train.epochs={epochs}", *ARGS,
+                              "train.monitor=none", "train.batch_size=16"])
+
+    trained = engine.train(cfg(tmp_path / "trained", 1))
+    untrained = engine.train(cfg(tmp_path / "untrained", 0))
+    result = evaluate_knn(trained, k=5, baseline=True)
+    reference = evaluate_knn(untrained, k=5)
+    assert result["untrained"] == {"top1": reference["top1"], "top5": reference["top5"]}
+    from safetensors.torch import load_file
+
+    rebuilt = load_file(str(next(trained.glob("features_untrained-*.safetensors"))))
+    saved = load_file(str(next(untrained.glob("features_step0-*.safetensors"))))
+    assert torch.equal(rebuilt["test_x"], saved["test_x"])  # the very weights a train.epochs=0 run saves
+    assert main(["eval", "knn", str(trained), "--k", "5"]) == 0
+    assert f"(untrained encoder, same data and protocol: {reference['top1']:.1f} %" in capsys.readouterr().out

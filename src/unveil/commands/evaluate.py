@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("--t", type=float, default=0.1, help="temperature")
     knn.add_argument("--device", default="auto")
     knn.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
+    knn.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="also score the untrained encoder the run started from, same data and protocol")
     knn.set_defaults(func=run_knn)
 
     lin = kinds.add_parser("linear", help="linear probe on frozen, cached features",
@@ -44,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="learning-rate schedule (RR protocol: constant)")
     lin.add_argument("--device", default="auto")
     lin.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
+    lin.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="also score the untrained encoder the run started from, same data and protocol")
     lin.set_defaults(func=run_linear)
 
     ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
@@ -64,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _print(result: dict) -> None:
     shown = {k: v for k, v in result.items() if k != "history"}
     print(json.dumps(shown, indent=2))
+    base = result.get("untrained")
+    if base is not None:  # the number beside its baseline, in one line
+        trained = result.get("top1", result.get("last_top1"))
+        untrained = base.get("top1", base.get("last_top1"))
+        print(f"unveil: {result['protocol']} top-1 {trained:.1f} % (untrained encoder, same data and protocol: "
+              f"{untrained:.1f} %; {trained - untrained:+.1f} points)")
 
 
 def _positive(name: str, value: float) -> None:
@@ -75,7 +85,8 @@ def run_knn(args: argparse.Namespace) -> int:
 
     _positive("k", args.k)
     _positive("t", args.t)
-    _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device, eval_data=args.eval_data))
+    _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device, eval_data=args.eval_data,
+                        baseline=args.baseline))
     return 0
 
 
@@ -86,7 +97,8 @@ def run_linear(args: argparse.Namespace) -> int:
         _positive(name.replace("_", "-"), getattr(args, name))
     _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device,
-                           standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data))
+                           standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data,
+                           baseline=args.baseline))
     return 0
 
 

@@ -32,7 +32,7 @@ from .linear import linear_probe
 from .settings import PROTOCOLS, VOLATILE, comparable, differences, plain
 
 FEATURES_VERSION = 2  # bump when extraction changes what the cached features hold
-_NOT_SETTINGS = {"run", "device"}  # arguments that do not change the result
+_NOT_SETTINGS = {"run", "device", "baseline"}  # arguments that do not change the (trained encoder's) result
 TEST_SELECTION_NOTE = "best_* selects the epoch on the test set (as the overlay paper does); last_* does not"
 
 
@@ -168,22 +168,32 @@ def cached_features(run: str | Path, device: str = "auto", *, eval_data: str | N
 
 
 def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device: str, eval_data: str | None,
-              what: str) -> tuple[dict[str, torch.Tensor], dict, Any]:
+              what: str, untrained: bool = False) -> tuple[dict[str, torch.Tensor], dict, Any]:
+    """Features of the trained encoder, or with ``untrained`` of the encoder the run started from
+    (rebuilt under the run's seed exactly as the engine builds it: a ``train.epochs=0`` run's weights)."""
     from ..build import build_method_for
 
     dataset = _labelled(run_dir, state, cfg, eval_data, what)
     dev = pick_device(device)
     precision = pick_precision(cfg["train"]["precision"], dev)
-    step = int(state["step"])
+    step = 0 if untrained else int(state["step"])
     key = json.dumps({"version": FEATURES_VERSION, "step": step, "data": data_record(cfg, state, eval_data),
-                      "precision": precision}, sort_keys=True)
-    cache = run_dir / f"features_step{step}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+                      "precision": precision, **({"untrained": True} if untrained else {})}, sort_keys=True)
+    prefix = "features_untrained" if untrained else f"features_step{step}"
+    cache = run_dir / f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if cache.is_file():
         hit = _read_cache(cache, key)
         if hit is not None:
             return hit, cfg, dataset
+    torch.manual_seed(cfg["train"]["seed"])  # the engine's seed before it builds the method
     method = build_method_for(cfg, dataset_info=state.get("data_info"))
-    method.load_state_dict(state["model"])
+    if untrained:
+        if cfg["train"].get("init_backbone"):
+            from ..train.engine import load_backbone_weights
+
+            load_backbone_weights(method.backbone, cfg["train"]["init_backbone"])
+    else:
+        method.load_state_dict(state["model"])
     method.to(dev).eval()
     feats = {
         "train_x": extract(method.embed, dataset.train.images, dev, precision),
@@ -196,8 +206,11 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
 
 
 def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device: str = "auto", *,
-                 eval_data: str | None = None) -> dict[str, Any]:
-    """Weighted kNN (cosine, ``exp(sim / T)`` votes) of the test features against the train features."""
+                 eval_data: str | None = None, baseline: bool = False) -> dict[str, Any]:
+    """Weighted kNN (cosine, ``exp(sim / T)`` votes) of the test features against the train features.
+
+    ``baseline``: also score the untrained encoder the run started from, same data and protocol
+    (``result["untrained"]``), so the number never stands alone."""
     run_dir, _, state, cfg = _state(run)
     settings = _record("knn", {"k": k, "temperature": temperature, "eval_data": eval_data}, state, cfg)
     feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "kNN")
@@ -206,6 +219,10 @@ def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device
     result = {"protocol": "knn", "k": k, "temperature": temperature, "dataset": dataset.name,
               "train_images": len(feats["train_y"]), "test_images": len(feats["test_y"]), **acc,
               "settings": settings}
+    if baseline:
+        base, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True)
+        result["untrained"] = knn_accuracy(base["train_x"], base["train_y"], base["test_x"], base["test_y"],
+                                           dataset.num_classes, k=k, temperature=temperature)
     result["saved"] = str(_save(run_dir, "knn", result))
     return result
 
@@ -223,7 +240,7 @@ def linear_protocol_name(epochs: int, lr: float, batch_size: int, optimizer: str
 def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_size: int = 256,
                     optimizer: str = "adam", weight_decay: float = 0.0, device: str = "auto", *,
                     standardize: bool = True, schedule: str = "cosine",
-                    eval_data: str | None = None) -> dict[str, Any]:
+                    eval_data: str | None = None, baseline: bool = False) -> dict[str, Any]:
     """A linear layer on frozen features. ``standardize=False, schedule="constant"`` with Adam 1e-3,
     batch 128 and 100 epochs is the RR protocol; the defaults standardise and decay the lr (cosine)."""
     run_dir, _, state, cfg = _state(run)
@@ -239,6 +256,12 @@ def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_
               "batch_size": batch_size, "weight_decay": weight_decay, "standardize": standardize,
               "schedule": schedule, "feature_dim": int(feats["train_x"].shape[1]), **res,
               "note": TEST_SELECTION_NOTE, "settings": settings}
+    if baseline:  # the same probe on the untrained encoder's features
+        base, _, _ = _features(run_dir, state, cfg, device, eval_data, "the linear probe", untrained=True)
+        res0 = linear_probe(base["train_x"], base["train_y"], base["test_x"], base["test_y"], dataset.num_classes,
+                            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                            weight_decay=weight_decay, standardize=standardize, schedule=schedule)
+        result["untrained"] = {k: v for k, v in res0.items() if k != "history"}
     result["saved"] = str(_save(run_dir, "linear", result))
     return result
 
