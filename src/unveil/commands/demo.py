@@ -69,6 +69,14 @@ def _pretrain_and_baseline(recipe: str, out: Path, overrides: list[str], linear_
             "untrained": untrained, "pretrained": pretrained, "history": history}
 
 
+def _curve(r: dict[str, Any]) -> list[tuple[float, float]]:
+    """(epoch, kNN top-1) of the pretraining, from the untrained encoder (epoch 0) on."""
+    points = [(row["epoch"], row["knn_top1"]) for row in r["history"]]
+    if not points or points[0][0] != 0:  # the engine's monitor did not measure epoch 0: use the demo's own number
+        points.insert(0, (0, r["untrained"]["knn"]["top1"]))
+    return points
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
@@ -111,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                                                "pretrained": r["pretrained"]["knn"]["top1"]}
                                                   for r in results},
                                  out / "knn_bars.png", chance=100.0 / dataset.num_classes))
-    figures.append(plot_knn_vs_epoch({r["label"]: [(0, r["untrained"]["knn"]["top1"])]
-                                      + [(row["epoch"], row["knn_top1"]) for row in r["history"]] for r in results},
+    figures.append(plot_knn_vs_epoch({r["label"]: _curve(r) for r in results},
                                      {r["label"]: r["untrained"]["knn"]["top1"] for r in results},
                                      pixels["top1"], out / "knn_vs_epoch.png"))
     figures.append(plot_curves(first["pretrained"]["run"], out / "curves.png"))
