@@ -1,55 +1,81 @@
-"""End-to-end SimCLR on real data: the kNN monitor must beat chance by a measured margin."""
+"""End-to-end SimCLR on real data, each run against the same recipe's untrained weights.
+
+At the CI scale (2 epochs = 46 steps on 3,000 images) SimCLR does not yet beat random weights on
+kNN (measured 2026-11-30, k = 200: Fashion-MNIST 65.2 % trained vs 66.8 % untrained, CIFAR-10
+28.8 % vs 29.6 %; random conv features are a strong kNN baseline), so kNN only guards against
+collapse here. What 46 steps do change measurably is the method's own task on images it never
+trained on: the NT-Xent loss of two fixed views of 512 test images, computed with batch statistics
+(train-mode BatchNorm) for both models, so the number depends on the weights alone and a run whose
+weights do not move (a method that learns nothing) scores exactly the untrained value.
+"""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from unveil.cli import main
 from unveil.config import resolve
+from unveil.eval.protocols import evaluate_knn
+from unveil.losses.ntxent import nt_xent
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
+from unveil.train.checkpoint import load_run
 
 pytestmark = pytest.mark.slow
 
+HELD_OUT = 512  # test images for the held-out contrastive loss
 
-def _simclr(data: str, out, subset: int, epochs: int, extra: list[str] | None = None) -> dict:
+
+def _simclr(data: str, out: Path, epochs: int) -> Path:
+    """The CI-scale SimCLR recipe; ``epochs=0`` saves the initial weights (same seed, same data)."""
     cfg = resolve("simclr_fashion_mnist_demo", [
-        f"data.name={data}", f"data.subset={subset}", "data.test_subset=1000", f"train.epochs={epochs}",
-        "train.batch_size=128", "train.progress=false", "train.monitor_train_size=3000", f"out={out}",
-        *(extra or []),
+        f"data.name={data}", "data.subset=3000", "data.test_subset=1000", f"train.epochs={epochs}",
+        "train.batch_size=128", "train.progress=false", "train.monitor=none", f"out={out}",
     ])
-    run = engine.train(cfg)
-    history = load_checkpoint(run / "last.ckpt")["history"]
-    print(f"{data}: kNN history {history}")  # visible with pytest -s: the margin below was set from it
-    return history
+    return engine.train(cfg)
 
 
-def test_simclr_fashion_mnist_knn_beats_chance(fashion_mnist, tmp_path, monkeypatch):
+@torch.no_grad()
+def heldout_ntxent(run: Path) -> float:
+    """SimCLR's loss on fixed views of held-out test images, with batch statistics (see the module doc)."""
+    method, _, data = load_run(run)
+    method.train()  # batch statistics: running statistics updated during training cannot lower it
+    images = data.test.images[:HELD_OUT]
+    g = torch.Generator().manual_seed(0)
+    v1, v2 = method.views(images, g), method.views(images, g)
+    z1, z2 = method.projector(method.backbone(torch.cat([v1, v2]))).chunk(2)
+    return float(nt_xent(z1, z2, method.temperature))
+
+
+def _trained_vs_untrained(data: str, root: Path) -> dict[str, dict[str, float]]:
+    runs = {"untrained": _simclr(data, root / "untrained", 0), "trained": _simclr(data, root / "trained", 2)}
+    res = {tag: {"heldout_ntxent": heldout_ntxent(run)} for tag, run in runs.items()}
+    res["trained"]["knn_top1"] = evaluate_knn(runs["trained"], k=200, temperature=0.1)["top1"]  # collapse guard
+    print(f"{data}: {res}")  # visible with pytest -s: the margins below were set from these
+    return res
+
+
+def test_simclr_fashion_mnist_learns_beyond_its_untrained_weights(fashion_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-    history = _simclr("fashion-mnist", tmp_path / "run", subset=3000, epochs=2)
-    # Measured 2026-11-23 on the 2-core CI machine: kNN top-1 62.2 % after 2 epochs on 3,000 images (54.5 after 1; chance: 10 %).
-    assert history[-1]["knn_top1"] > 50.0, history
+    res = _trained_vs_untrained("fashion-mnist", tmp_path)
+    trained, untrained = res["trained"], res["untrained"]
+    # Measured 2026-11-30 on a 2-core AMD EPYC, shared with other jobs: held-out NT-Xent 6.001 trained
+    # vs 6.839 untrained (gap 0.84; log(1023) = 6.93 is a uniform guess); required: half that gap.
+    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.42, res
+    # Same runs: kNN top-1 65.2 % trained, 66.8 % untrained (chance 10 %; k = 200, T = 0.1). Not a
+    # learning check at this scale (see the module doc): it fails if pretraining collapses the features.
+    assert trained["knn_top1"] > 50.0, res
 
 
-def test_simclr_cifar10_knn_beats_chance(cifar10_dir, tmp_path, monkeypatch):
+def test_simclr_cifar10_learns_beyond_its_untrained_weights(cifar10_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CIFAR10", str(cifar10_dir))
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-    history = _simclr("cifar10", tmp_path / "run", subset=3000, epochs=2)
-    # Measured 2026-11-23: kNN top-1 28.6 % after 2 epochs on 3,000 images (26.6 after 1; chance: 10 %).
-    assert history[-1]["knn_top1"] > 20.0, history
-
-
-def test_demo_command_writes_report_and_figures(fashion_mnist, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--epochs", "1", "--subset", "1000", "--linear-epochs", "2",
-                 "data.test_subset=500", "train.monitor_train_size=1000", "train.progress=false"])
-    assert code == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert str(out / "report.md") in last
-    for name in ("report.md", "views.png", "curves.png", "demo.json"):
-        assert (out / name).stat().st_size > 0
-    result = json.loads((out / "demo.json").read_text())
-    assert 0 <= result["knn"]["top1"] <= 100 and result["linear"]["epochs"] == 2
+    res = _trained_vs_untrained("cifar10", tmp_path)
+    trained, untrained = res["trained"], res["untrained"]
+    # Measured 2026-11-30 on a 2-core AMD EPYC, shared with other jobs: held-out NT-Xent 6.314 trained
+    # vs 6.819 untrained (gap 0.50); required: half that gap.
+    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.25, res
+    # Same runs: kNN top-1 28.8 % trained, 29.6 % untrained (chance 10 %; k = 200, T = 0.1). Not a
+    # learning check at this scale (see the module doc): it fails if pretraining collapses the features.
+    assert trained["knn_top1"] > 20.0, res
