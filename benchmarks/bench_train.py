@@ -67,6 +67,7 @@ def cpu_description() -> str:
 
 
 def _autocast(precision: str):
+    """bf16 autocast for the floor and lightly, as unveil's engine applies it to its own step."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
@@ -90,6 +91,7 @@ class Contender:
 
 
 def make_floor(cfg: dict, dataset, precision: str, batch: int) -> Contender:
+    """The least a SimCLR step can cost: the backbone alone on 2B ready views (no views, head or loss)."""
     method = build_method_for(cfg, dataset).to(memory_format=torch.channels_last)
     backbone = method.backbone
     t = cfg["train"]
