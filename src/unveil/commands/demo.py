@@ -109,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
 
     sample = dataset.test.images[:10]
     figures = []
-    if callable(getattr(method, "views", None)):
+    if callable(getattr(method, "views", None)):  # SimCLR's normalised views; the autoencoders' are in [0, 1]
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             views = [method.views(sample, g), method.views(sample, g)]
-        info = method.data_info
-        figures.append(plot_views(sample, views, out / "views.png", info.mean, info.std))
+        info = getattr(method, "data_info", None)
+        mean, std = (info.mean, info.std) if info is not None else ((0.0,) * 3, (1.0,) * 3)
+        figures.append(plot_views(sample, views, out / "views.png", mean, std, normalized=info is not None))
     figures.append(plot_knn_bars(pixels["top1"], {r["label"]: {"untrained": r["untrained"]["knn"]["top1"],
                                                                "pretrained": r["pretrained"]["knn"]["top1"]}
                                                   for r in results},
