@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,10 @@ def main() -> None:
     dataset = load_data(folder)  # fills the decode cache (the first run's decode is not part of the rate)
     decode_s = time.perf_counter() - t
     batch = cfg["train"]["batch_size"]
+    if not isinstance(batch, int):  # train.batch_size: auto
+        from unveil.train.engine import auto_batch_size
+
+        batch = auto_batch_size(len(dataset.train.images))[0]
     steps_per_epoch = len(dataset.train.images) // batch
     print(f"# {cpu_description()}\n# threads for both: {env.get('OMP_NUM_THREADS', 'default')}; "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {len(dataset.train.images)} train / {len(dataset.test.images)} val images, "
@@ -141,6 +146,12 @@ def main() -> None:
                 command = [str(Path(sys.executable).parent / "unveil"), "pretrain", "--data", folder, "--method", "simclr",
                            "--out", str(out), *unveil_over]
                 wall = run_child(command, env, work / f"unveil-{r}.log")
+                first = (work / f"unveil-{r}.log").read_text().splitlines()[0]
+                said = re.search(r"batch (\d+).*?(\d+) steps/epoch", first)
+                if said and (int(said[1]), int(said[2])) != (batch, steps_per_epoch):
+                    print(f"note: the run chose batch {said[1]}, {said[2]} steps/epoch (expected {batch}, "
+                          f"{steps_per_epoch}); using the run's", flush=True)
+                    batch, steps_per_epoch = int(said[1]), int(said[2])
                 logged = read_csv(out / STEP_LOG)
                 rate = statistics.median(x["images_per_s"] for x in logged[1:])
                 epochs = read_csv(out / EPOCH_LOG)  # an epoch-0 row, when present, is the untrained-encoder baseline
