@@ -250,14 +250,17 @@ def _untrained_baseline(run: _Run) -> None:
         return
     if run.rank == 0:
         start = time.perf_counter()
-        if run.labelled:
-            row = {"epoch": 0, "step": 0, **run_monitor(run.method, run.dataset, t, run.device, run.precision),
-                   "monitor_s": round(time.perf_counter() - start, 2)}
-            run.history.append(row)
-            run.logger.epoch(row)
-            run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
-        else:
-            unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
+        try:
+            if run.labelled:
+                row = {"epoch": 0, "step": 0, **run_monitor(run.method, run.dataset, t, run.device, run.precision),
+                       "monitor_s": round(time.perf_counter() - start, 2)}
+                run.history.append(row)
+                run.logger.epoch(row)
+                run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
+            else:
+                unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
+        except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
+            _monitor_failed("untrained-encoder", exc)
     dist.barrier()
     run.model.train()
 
@@ -358,9 +361,7 @@ def _end_of_epoch(run: _Run, epoch_s: float, progress: Any) -> None:
                 metrics = unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir,
                                              epoch_index)
         except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
-            print(f"unveil: warning: the epoch-{epoch_index} monitor failed ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on, the checkpoint of this "
-                  "epoch is saved", file=sys.stderr)
+            _monitor_failed(f"epoch-{epoch_index}", exc)
         else:
             monitor_s = time.perf_counter() - start
             row = {"epoch": epoch_index, "step": run.step, **metrics, "monitor_s": round(monitor_s, 2),
@@ -380,6 +381,12 @@ def _end_of_epoch(run: _Run, epoch_s: float, progress: Any) -> None:
         row = row if run.rank == 0 else (True if holder[0] else None)
     if row is not None:
         _checkpoint(run)  # the history row too
+
+
+def _monitor_failed(which: str, exc: Exception) -> None:
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"unveil: warning: the {which} monitor failed ({type(exc).__name__}: {message}); training goes on, "
+          "every epoch's checkpoint is saved", file=sys.stderr)
 
 
 def _finish(run: _Run) -> None:
