@@ -6,7 +6,7 @@ at fp32 and bf16 autocast, these contenders take turns:
 * ``floor``    the bare backbone forward+backward+SGD step on ready views (2B views made once by
                unveil's view pipeline from real images): what any SimCLR step must at least cost
 * ``unveil``   unveil's engine step itself: the run built by the engine's own phase functions and each
-               step ``unveil.train.engine._train_step`` on the next ``TensorBatches`` batch (lr, autocast,
+               step ``unveil.train.engine.train_step`` on the next ``TensorBatches`` batch (lr, autocast,
                the method's forward = device-side views, backbone, projector, NT-Xent; backward, step)
 * ``views``    unveil's input side alone: ``TensorBatches`` gather + the method's two view draws
                (no model), to see what the views cost next to the floor
@@ -130,17 +130,14 @@ class _Batches:
 def make_unveil(cfg: dict, precision: str, batch: int, tmp: Path) -> Contender:
     """unveil's engine step itself: the engine's own phases build the run (data, model with its
     channels_last input hook, seeded batches, optimizer over the method's param groups), and each
-    step is ``engine._train_step`` (lr, zero_grad, autocast, method forward = device-side views +
+    step is ``engine.train_step`` (lr, zero_grad, autocast, method forward = device-side views +
     backbone + projector + NT-Xent, backward, optimizer step) as ``engine._loop`` calls it, minus
     logging and checkpoints."""
     from unveil.train import engine
 
     run_cfg = {**cfg, "out": str(tmp / f"unveil-{precision}"),
                "train": {**cfg["train"], "precision": precision, "device": "cpu", "monitor": "none", "progress": False}}
-    run = engine._start(run_cfg, None)
-    engine._load_data(run)
-    engine._build_model(run)
-    engine._build_optimizer(run)
+    run = engine.prepare(run_cfg)
     assert run.precision == precision and run.batches.batch_size == batch
     after_step = getattr(run.method, "after_optimizer_step", None)
     batches = _Batches(run.batches)
@@ -149,7 +146,7 @@ def make_unveil(cfg: dict, precision: str, batch: int, tmp: Path) -> Contender:
     def step() -> None:
         images, labels = batches.next()
         lr = lr_at(run.step % run.total_steps, run.total_steps, run.steps_per_epoch, run.base_lr, run.t)
-        engine._train_step(run, images.to(run.device), labels.to(run.device), lr)
+        engine.train_step(run, images.to(run.device), labels.to(run.device), lr)
         run.step += 1
         if after_step is not None:
             after_step(run.step, run.total_steps)

@@ -113,6 +113,21 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
     return run.run_dir
 
 
+def prepare(cfg: dict[str, Any]) -> _Run:
+    """A run built exactly as ``train`` builds it (data, method, optimizer), without training: for
+    benchmarks and tools that drive the steps themselves with ``train_step``."""
+    run = _start(cfg, None)
+    _load_data(run)
+    _build_model(run)
+    _build_optimizer(run)
+    return run
+
+
+def train_step(run: _Run, images: Tensor, labels: Tensor, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimizer step of ``run`` on a batch already on its device (what the training loop calls)."""
+    return _train_step(run, images, labels, lr)
+
+
 def _start(cfg: dict[str, Any], resume: str | Path | None) -> _Run:
     """Device, process group, precision and the run directory (new, or the one to resume)."""
     t = cfg["train"]
