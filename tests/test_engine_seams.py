@@ -202,3 +202,24 @@ def test_auto_batch_fits_small_folders():
     batch, note = auto_batch_size(245)  # the 245 training photos of the ants/bees folder
     assert batch == 64 and "245 images" in note
     assert auto_batch_size(77)[0] == 32 and auto_batch_size(3, accumulate_steps=2)[0] == 2
+
+
+def test_batchnorm_recalibration_estimates_the_data_statistics_and_leaves_weights():
+    from unveil.eval.protocols import recalibrate_batchnorm
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3, momentum=0.1)
+
+        @torch.no_grad()
+        def embed(self, images: Tensor) -> Tensor:
+            return self.bn(images.float()).mean((2, 3))
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (600, 3, 4, 4), generator=g, dtype=torch.uint8)
+    probe = Probe().eval()
+    weight = probe.bn.weight.detach().clone()
+    assert recalibrate_batchnorm(probe, images, torch.device("cpu"), "fp32", batch_size=100) == 1
+    assert torch.allclose(probe.bn.running_mean, images.float().mean((0, 2, 3)), atol=1e-3)  # every batch equal
+    assert not probe.bn.training and probe.bn.momentum == 0.1 and torch.equal(probe.bn.weight, weight)

@@ -72,8 +72,11 @@ def _print(result: dict) -> None:
     if base is not None:  # the number beside its baseline, in one line
         trained = result.get("top1", result.get("last_top1"))
         untrained = base.get("top1", base.get("last_top1"))
+        recal = result.get("untrained_bn_recalibrated")
+        extra = (f"; untrained with BatchNorm statistics re-estimated on the data: {recal['top1']:.1f} %"
+                 if recal is not None else "")
         print(f"unveil: {result['protocol']} top-1 {trained:.1f} % (untrained encoder, same data and protocol: "
-              f"{untrained:.1f} %; {trained - untrained:+.1f} points)")
+              f"{untrained:.1f} %; {trained - untrained:+.1f} points{extra})")
 
 
 def _positive(name: str, value: float) -> None:

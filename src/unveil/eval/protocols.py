@@ -168,7 +168,7 @@ def cached_features(run: str | Path, device: str = "auto", *, eval_data: str | N
 
 
 def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device: str, eval_data: str | None,
-              what: str, untrained: bool = False) -> tuple[dict[str, torch.Tensor], dict, Any]:
+              what: str, untrained: bool = False, recalibrate_bn: bool = False) -> tuple[dict[str, torch.Tensor], dict, Any]:
     """Features of the trained encoder, or with ``untrained`` of the encoder the run started from
     (rebuilt under the run's seed exactly as the engine builds it: a ``train.epochs=0`` run's weights)."""
     from ..build import build_method_for
@@ -178,8 +178,9 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     precision = pick_precision(cfg["train"]["precision"], dev)
     step = 0 if untrained else int(state["step"])
     key = json.dumps({"version": FEATURES_VERSION, "step": step, "data": data_record(cfg, state, eval_data),
-                      "precision": precision, **({"untrained": True} if untrained else {})}, sort_keys=True)
-    prefix = "features_untrained" if untrained else f"features_step{step}"
+                      "precision": precision, **({"untrained": True} if untrained else {}),
+                      **({"bn_recalibrated": BN_RECALIBRATION_IMAGES} if recalibrate_bn else {})}, sort_keys=True)
+    prefix = ("features_untrained_bn" if recalibrate_bn else "features_untrained") if untrained else f"features_step{step}"
     cache = run_dir / f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if cache.is_file():
         hit = _read_cache(cache, key)
@@ -195,6 +196,8 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     else:
         method.load_state_dict(state["model"])
     method.to(dev).eval()
+    if recalibrate_bn:
+        recalibrate_batchnorm(method, dataset.train.images, dev, precision)
     feats = {
         "train_x": extract(method.embed, dataset.train.images, dev, precision),
         "train_y": dataset.train.labels.clone(),
@@ -203,6 +206,38 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     }
     atomic_write(cache, lambda tmp: save_file(feats, tmp, metadata={"key": key}))
     return feats, cfg, dataset
+
+
+BN_RECALIBRATION_IMAGES = 4096
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(method: torch.nn.Module, images: torch.Tensor, device: torch.device, precision: str,
+                          max_images: int = BN_RECALIBRATION_IMAGES, batch_size: int = 256) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) from
+    ``embed`` passes over the first ``max_images`` training images; weights untouched. An untrained
+    encoder keeps BN's initial statistics (mean 0, variance 1) while a trained one has real ones, so
+    this gives the untrained baseline the calibration any forward pass would give it. Returns the
+    number of BatchNorm layers recalibrated."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from ..train.precision import autocast
+
+    norms = [m for m in method.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+        m.train()
+    try:
+        for chunk in images[:max_images].split(batch_size):
+            with autocast(device, precision):
+                method.embed(chunk.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            m.eval()
+    return len(norms)
 
 
 def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device: str = "auto", *,
@@ -223,6 +258,13 @@ def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device
         base, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True)
         result["untrained"] = knn_accuracy(base["train_x"], base["train_y"], base["test_x"], base["test_y"],
                                            dataset.num_classes, k=k, temperature=temperature)
+        # the stronger control: the same untrained weights with BatchNorm statistics estimated on the data
+        bn, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True, recalibrate_bn=True)
+        result["untrained_bn_recalibrated"] = {
+            **knn_accuracy(bn["train_x"], bn["train_y"], bn["test_x"], bn["test_y"], dataset.num_classes, k=k,
+                           temperature=temperature),
+            "note": f"untrained weights, BatchNorm running statistics re-estimated on {BN_RECALIBRATION_IMAGES} "
+                    "training images (eval view); without BatchNorm layers this equals 'untrained'"}
     result["saved"] = str(_save(run_dir, "knn", result))
     return result
 
