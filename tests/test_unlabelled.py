@@ -98,3 +98,10 @@ def test_eval_baseline_is_the_untrained_run_of_the_same_recipe(tiny_folder, tmp_
     assert torch.equal(rebuilt["test_x"], saved["test_x"])  # the very weights a train.epochs=0 run saves
     assert main(["eval", "knn", str(trained), "--k", "5"]) == 0
     assert f"(untrained encoder, same data and protocol: {reference['top1']:.1f} %" in capsys.readouterr().out
+
+
+def test_supervised_on_a_flat_folder_is_one_clear_line(flat_folder, tmp_path, capsys):
+    code = main(["pretrain", "--data", str(flat_folder), "--method", "supervised", "--epochs", "1",
+                 "--out", str(tmp_path / "sup"), "data.image_size=16", "train.batch_size=16", "train.progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trains on labels" in err and "Traceback" not in err

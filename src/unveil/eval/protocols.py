@@ -186,7 +186,8 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
         hit = _read_cache(cache, key)
         if hit is not None:
             return hit, cfg, dataset
-    torch.manual_seed(cfg["train"]["seed"])  # the engine's seed before it builds the method
+    if untrained:
+        torch.manual_seed(cfg["train"]["seed"])  # the engine's seed before it builds the method: its initial weights
     method = build_method_for(cfg, dataset_info=state.get("data_info"))
     if untrained:
         if cfg["train"].get("init_backbone"):

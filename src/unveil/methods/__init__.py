@@ -9,6 +9,8 @@ The method contract (the only thing the engine knows about a method):
   own views and corruptions, and returns ``{"loss": scalar, ...anything worth logging}``.
   (Training step = ``forward`` so that DistributedDataParallel can wrap the method.)
 * optional ``after_optimizer_step(step, total_steps)``: EMA targets, queues, momentum schedules.
+* optional class attribute ``needs_labels = True``: the method trains on labels (supervised), so
+  the engine refuses a folder without class folders with one line.
 * optional ``param_groups() -> list[dict]``: ``{"params": [...], "lr_scale": 1.0, "weight_decay": True}``
   per group (every trainable parameter in exactly one); the schedule multiplies each group's
   ``lr_scale``, ``weight_decay: False`` exempts a group (and LARS skips it). Without it, norms,

@@ -18,6 +18,8 @@ from . import DataInfo, register
 
 @register("supervised", summary="backbone + linear head, cross-entropy: the supervised baseline and the fine-tuning protocol", paper="baseline of paper 1")
 class Supervised(nn.Module):
+    needs_labels = True  # the engine refuses unlabelled data in one line instead of a cross-entropy trace
+
     def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,
                  view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
                  augment: bool = True, **unused: Any):

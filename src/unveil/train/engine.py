@@ -187,6 +187,10 @@ def _build_model(run: _Run) -> None:
     t = run.t
     torch.manual_seed(t["seed"])
     _, run.stem_note = backbone_config(run.cfg["backbone"], run.dataset.image_size)
+    name = run.cfg["method"]["name"]
+    require(run.labelled or not getattr(method_registry.METHODS[name], "needs_labels", False),
+            f"method {name} trains on labels, but {run.dataset.name} has none (a folder without class folders): "
+            "give a folder of class folders, or use a self-supervised method such as simclr")
     method = build_method_for(run.cfg, run.dataset)
     if t["init_backbone"]:
         load_backbone_weights(method.backbone, t["init_backbone"])
@@ -260,24 +264,45 @@ def _announce(run: _Run) -> None:
 def _untrained_baseline(run: _Run) -> None:
     """Before the first step, the kNN monitor measures the untrained encoder (history row epoch 0),
     so every later number stands beside it; without labels it draws neighbours_untrained.png."""
-    t = run.t
-    if run.step != 0 or run.total_steps == 0 or t["monitor"] != "knn":
+    if run.step != 0 or run.total_steps == 0 or run.t["monitor"] != "knn":
         return
+    row = _monitor(run, epoch_index=0, epoch_s=None)
+    if row is not None and "knn_top1" in row:
+        run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
+
+
+def _monitor(run: _Run, epoch_index: int, epoch_s: float | None) -> dict[str, Any] | None:
+    """Run the monitor on rank 0, guarded (a failure is one warning line, never the run's end); the
+    row is added to the history and the logs. Returns it on every rank (None: no row)."""
+    t, row = run.t, None
     if run.rank == 0:
         start = time.perf_counter()
         try:
-            if run.labelled:
-                row = {"epoch": 0, "step": 0, **run_monitor(run.method, run.dataset, t, run.device, run.precision),
-                       "monitor_s": round(time.perf_counter() - start, 2)}
+            if run.labelled or t["monitor"] != "knn":
+                metrics = run_monitor(run.method, run.dataset, t, run.device, run.precision)
+            else:
+                metrics = unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir,
+                                             epoch_index, untrained=epoch_index == 0)
+        except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            which = "untrained-encoder" if epoch_index == 0 else f"epoch-{epoch_index}"
+            print(f"unveil: warning: the {which} monitor failed ({type(exc).__name__}: {message}); training goes "
+                  "on, every epoch's checkpoint is saved", file=sys.stderr)
+        else:
+            monitor_s = time.perf_counter() - start
+            row = {"epoch": epoch_index, "step": run.step, **metrics, "monitor_s": round(monitor_s, 2)}
+            if epoch_s is not None:
+                row["monitor_share"] = round(monitor_s / max(epoch_s + monitor_s, 1e-9), 3)
+            if epoch_index > 0 or run.labelled:  # the untrained grid of an unlabelled run is a figure, not a row
                 run.history.append(row)
                 run.logger.epoch(row)
-                run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
-            else:
-                unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir, 0, untrained=True)
-        except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
-            _monitor_failed("untrained-encoder", exc)
     dist.barrier()
     run.model.train()
+    if run.world > 1:  # the others learn whether rank 0 got a row (it decides the extra checkpoint)
+        holder = [row]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        row = holder[0]
+    return row
 
 
 def _train_step(run: _Run, images: Tensor, labels: Tensor, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -366,42 +391,15 @@ def _end_of_epoch(run: _Run, epoch_s: float, progress: Any) -> None:
     epoch_index = math.ceil(run.step / run.steps_per_epoch)
     if t["monitor"] == "none" or not (epoch_index % t["monitor_every_epochs"] == 0 or run.step >= run.total_steps):
         return
-    row = None
-    if run.rank == 0:
-        start = time.perf_counter()
-        try:
-            if run.labelled or t["monitor"] != "knn":
-                metrics = run_monitor(run.method, run.dataset, t, run.device, run.precision)
-            else:
-                metrics = unlabelled_figures(run.method, run.dataset, t, run.device, run.precision, run.run_dir,
-                                             epoch_index)
-        except Exception as exc:  # noqa: BLE001 - the monitor must never cost the run
-            _monitor_failed(f"epoch-{epoch_index}", exc)
-        else:
-            monitor_s = time.perf_counter() - start
-            row = {"epoch": epoch_index, "step": run.step, **metrics, "monitor_s": round(monitor_s, 2),
-                   "monitor_share": round(monitor_s / max(epoch_s + monitor_s, 1e-9), 3)}
-            run.history.append(row)
-            run.logger.epoch(row)
+    row = _monitor(run, epoch_index, epoch_s)
+    if row is not None:
+        if run.rank == 0:
             shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            base = run.history[0] if run.history and run.history[0]["epoch"] == 0 else None
-            if base is not None and "knn_top1" in row:
+            base = run.history[0] if run.history[0]["epoch"] == 0 else None
+            if base is not None and "knn_top1" in row and "knn_top1" in base:
                 shown += f"  (untrained knn_top1={base['knn_top1']:.4g})"
             progress.write(shown)
-    dist.barrier()
-    run.model.train()
-    if run.world > 1:
-        holder = [row is not None]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        row = row if run.rank == 0 else (True if holder[0] else None)
-    if row is not None:
         _checkpoint(run)  # the history row too
-
-
-def _monitor_failed(which: str, exc: Exception) -> None:
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    print(f"unveil: warning: the {which} monitor failed ({type(exc).__name__}: {message}); training goes on, "
-          "every epoch's checkpoint is saved", file=sys.stderr)
 
 
 def _finish(run: _Run) -> None:
