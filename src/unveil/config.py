@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",  # auto | bf16 | fp32
         "channels_last": True,
         "compile": False,
+        "sync_batchnorm": False,  # several CUDA processes: BatchNorm statistics over the global batch
         "device": "auto",  # auto | cpu | cuda
         "seed": 0,
         "ckpt_every_steps": 0,  # 0 = only at the end of each epoch

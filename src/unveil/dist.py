@@ -132,3 +132,37 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(all_gather(t), dim=0)
 
+
+
+@torch.no_grad()
+def gather_no_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` from all ranks along dim 0, rank order (keys for a queue, shuffles)."""
+    if not is_dist():
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def shuffle_batch(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's shuffle-BN: a random permutation of the *global* batch, so each rank's BatchNorm
+    sees keys whose statistics are not those of its own queries.
+
+    Returns this rank's share of the shuffled global batch and the indices that undo it (apply
+    ``unshuffle_batch``). One process: a local permutation (useful with split BatchNorm). Rank 0
+    draws the permutation and broadcasts it; the other ranks' generators are not advanced.
+    """
+    total = gather_no_grad(x)
+    n = total.shape[0]
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+    if is_dist():
+        dist.broadcast(perm, src=0)
+    local = perm.view(world_size(), -1)[rank()]
+    return total[local], torch.argsort(perm).view(world_size(), -1)[rank()]
+
+
+@torch.no_grad()
+def unshuffle_batch(y: torch.Tensor, unshuffle_idx: torch.Tensor) -> torch.Tensor:
+    """Put the outputs of ``shuffle_batch``'s share back in this rank's original order."""
+    return gather_no_grad(y)[unshuffle_idx]

@@ -201,9 +201,17 @@ def _build_model(run: _Run) -> None:
         method.to(memory_format=torch.channels_last)
         _channels_last_inputs(method.backbone)
     model: nn.Module = method
+    if t["sync_batchnorm"] and run.world > 1:
+        require(run.device.type == "cuda", "train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                "path): on CPU set it to false, or use method.bn_splits where the method has it")
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        model = method
     if run.world > 1:
         ids = [dist.local_rank()] if run.device.type == "cuda" else None
-        model = DistributedDataParallel(method, device_ids=ids)
+        # methods whose buffers differ per rank by design (or are kept equal by the method, as MoCo's
+        # gathered queue) say so: DDP would otherwise overwrite them with rank 0's every step
+        model = DistributedDataParallel(method, device_ids=ids,
+                                        broadcast_buffers=getattr(method, "ddp_broadcast_buffers", True))
     run.method, run.model = method, model
     run.step_fn = torch.compile(model) if t["compile"] else model
 

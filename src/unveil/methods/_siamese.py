@@ -1,0 +1,43 @@
+"""Building blocks of the two-branch methods (BYOL, MoCo and the image-mixture methods):
+MLP heads, a frozen momentum copy, its EMA update and BYOL's cosine momentum schedule."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = False) -> nn.Sequential:
+    """``Linear–BN–ReLU–Linear`` (BYOL's projector and predictor); ``last_bn`` adds a BN at the end
+    (SimCLR's projector)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                               nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=not last_bn)]
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that the optimizer never sees (``requires_grad=False``): the EMA target
+    of BYOL and the key encoder of MoCo. It starts equal to the online module."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target ← m·target + (1 − m)·online`` for the parameters only; the target's BatchNorm keeps
+    its own running statistics (MoCo's and BYOL's reference code)."""
+    t_params = list(target.parameters())
+    torch._foreach_lerp_(t_params, [p.detach() for p in online.parameters()], 1.0 - momentum)
+
+
+def cosine_momentum(step: int, total_steps: int, base: float = 0.996, end: float = 1.0) -> float:
+    """BYOL's schedule: ``end − (end − base)·(cos(π·step/total) + 1)/2``, from ``base`` to ``end``."""
+    if total_steps <= 0:
+        return base
+    return end - (end - base) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
