@@ -22,10 +22,11 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1) -> T
     """Mean InfoNCE of queries ``q`` (B, D) with positive keys ``k`` (B, D) and negatives ``queue`` (K, D).
 
     ``q`` and ``k`` are normalised here (float32); ``queue`` is used as stored (already normalised).
+    ``k`` is a constant unless the caller keeps its graph (the key encoder runs under no_grad).
     """
     q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)
-    negative = q @ queue.float().T
+    negative = q @ queue.detach().float().clone().T  # a copy: the queue is written in place before backward
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
