@@ -20,12 +20,12 @@ from .spec import Planned, Suite
 COLUMNS = (
     "entry", "status", "recipe", "method", "data", "train_images", "test_images", "pretrain_epochs",
     "finetune_best_top1", "finetune_last_top1", "finetune_best_epoch", "linear_best_top1", "linear_last_top1",
-    "knn_top1", "paper_finetune_top1", "paper_linear_top1", "paper_setting", "pretrain_s", "eval_s", "note",
+    "knn_top1", "paper_finetune_top1", "paper_linear_top1", "paper_knn_top1", "paper_setting", "pretrain_s", "eval_s", "note",
 )
 SCALE_WORDS = {
     "smoke": "smoke (plumbing check on a tiny subset: the numbers mean nothing)",
     "cpu": "cpu (a CIFAR subset sized for about an hour on 2 CPU cores: far from the papers' budgets)",
-    "gpu": "gpu (full training set, epochs sized for about 30 min on one H100-class GPU)",
+    "gpu": "gpu (full training set, epochs sized for one H100-class GPU: the suite's scale notes give the budget)",
 }
 ALWAYS = (
     "'best' = the best test-set epoch, as the overlay paper reports (it selects on the test set); "
@@ -42,7 +42,8 @@ def _plain(name: Any) -> str:
 
 def _method_label(cfg: dict[str, Any]) -> str:
     m = cfg["method"]
-    extra = {k: m[k] for k in ("corruption", "alpha", "mask_ratio", "mode", "augment") if k in m}
+    extra = {k: m[k] for k in ("corruption", "alpha", "mask_ratio", "mode", "augment", "mix", "approach",
+                                          "pairing", "same_view") if k in m}
     if m.get("corruption") != "overlay":
         extra.pop("alpha", None)
     if m.get("corruption") != "pixel_mask":
@@ -73,6 +74,7 @@ def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -
         "linear_best_top1": lin.get("best_top1"), "linear_last_top1": lin.get("last_top1"),
         "knn_top1": knn.get("top1"),
         "paper_finetune_top1": p.entry.paper.get("finetune"), "paper_linear_top1": p.entry.paper.get("linear"),
+        "paper_knn_top1": p.entry.paper.get("knn"),
         "paper_setting": p.entry.paper_setting,
         "pretrain_s": timings.get("pretrain_s"),
         "eval_s": round(sum(v for k, v in timings.items() if k != "pretrain_s"), 1) if timings else None,
@@ -92,6 +94,13 @@ def _pair(best: Any, last: Any) -> str:
     return "–" if best is None and last is None else f"{_num(best)} / {_num(last)}"
 
 
+def always_shown(suite: Suite) -> set[str]:
+    """Our columns for every protocol some entry evaluates (shown as '–' until the numbers exist)."""
+    kinds = {k for e in suite.entries for k in e.evaluate}
+    return ({"fine-tune best / last"} if kinds & {"finetune", "monitor"} else set()) | \
+        ({"linear best / last"} if "linear" in kinds else set()) | ({"kNN"} if "knn" in kinds else set())
+
+
 def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: list[Path], out_dir: Path) -> str:
     lines = [f"# {suite.title}", ""]
     if suite.paper:
@@ -99,18 +108,26 @@ def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: l
     lines += [f"Scale: {SCALE_WORDS.get(scale, scale)}. Updated {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
               "Read before comparing:", ""]
     lines += [f"- {c}" for c in (*suite.caveats, *ALWAYS)]
-    lines += ["", "| entry | method | our data (train/test) | fine-tune best / last | linear best / last | kNN "
-              "| paper fine-tune | paper linear | paper setting | time (pretrain + eval) | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    # protocol columns that no row uses (no number of ours, none of the paper's) are left out
+    shown = [(label, fn) for label, fn, keys in (
+        ("fine-tune best / last", lambda r: _pair(r["finetune_best_top1"], r["finetune_last_top1"]),
+         ("finetune_best_top1", "finetune_last_top1")),
+        ("linear best / last", lambda r: _pair(r["linear_best_top1"], r["linear_last_top1"]),
+         ("linear_best_top1", "linear_last_top1")),
+        ("kNN", lambda r: _num(r["knn_top1"]), ("knn_top1",)),
+        ("paper fine-tune", lambda r: _paper(r["paper_finetune_top1"]), ("paper_finetune_top1",)),
+        ("paper linear", lambda r: _paper(r["paper_linear_top1"]), ("paper_linear_top1",)),
+        ("paper kNN", lambda r: _paper(r["paper_knn_top1"]), ("paper_knn_top1",)),
+    ) if any(r.get(k) not in (None, "") for r in rows for k in keys) or label in always_shown(suite)]
+    header = ["entry", "method", "our data (train/test)", *(label for label, _ in shown), "paper setting",
+              "time (pretrain + eval)", "note"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         status = "" if r["status"] == "done" else f" ({r['status']})"
         timing = "–" if r["pretrain_s"] is None else f"{_num(r['pretrain_s'])} + {_num(r['eval_s'])} s"
         cells = [f"{r['entry']}{status}", r["method"],
                  f"{r['data']} ({r['train_images']}/{r['test_images']}), {r['pretrain_epochs']} ep",
-                 _pair(r["finetune_best_top1"], r["finetune_last_top1"]),
-                 _pair(r["linear_best_top1"], r["linear_last_top1"]), _num(r["knn_top1"]),
-                 _paper(r["paper_finetune_top1"]), _paper(r["paper_linear_top1"]), r["paper_setting"] or "–", timing,
-                 r["note"] or ""]
+                 *(fn(r) for _, fn in shown), r["paper_setting"] or "–", timing, r["note"] or ""]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines += ["", "Top-1 accuracy in %. Each row's run directory (config, logs, checkpoints, eval_*.json) is "
               f"`{out_dir}/<entry>/`.", ""]
