@@ -1,0 +1,89 @@
+"""BYOL (Grill et al., 2020): an online network predicts an EMA target network's projection.
+
+online = backbone → projector → predictor; target = momentum copy of backbone + projector,
+updated after every optimizer step with BYOL's cosine momentum (0.996 → 1). Loss: the normalised
+MSE ``2 − 2 cos`` of ``losses.byol``. ``symmetric: true`` (BYOL's choice) *sums* both directions
+(view 1 → target of view 2, plus view 2 → target of view 1: BYOL's ``L + L~``, range [0, 8]);
+``false`` keeps one direction (view 1's prediction of view 2's target, range [0, 4]).
+``masking:`` adds MSCN's masks (methods.md 3, ``methods._masking``), as for SimCLR.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..losses.byol import byol_loss
+from ..views import ViewPipeline, eval_transform, view_preset
+from . import DataInfo, register
+from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
+from ._siamese import cosine_momentum, ema_update_, mlp, momentum_copy
+
+
+@register("byol", summary="online network predicts an EMA target's projection (normalised MSE); optional MSCN masks",
+          paper="Grill et al. 2020 (baseline of paper 4)")
+class BYOL(nn.Module):
+    def __init__(self, backbone: nn.Module, data_info: DataInfo, proj_hidden_dim: int = 4096, proj_dim: int = 256,
+                 pred_hidden_dim: int = 4096, base_momentum: float = 0.996, end_momentum: float = 1.0,
+                 symmetric: bool = True, views: dict[str, Any] | None = None, view_preset_name: str = "byol",
+                 masking: dict[str, Any] | None = None, **unused: Any):
+        super().__init__()
+        if unused:
+            raise TypeError(f"unknown byol settings: {', '.join(unused)}")
+        from ..errors import require
+
+        require(0 <= base_momentum <= end_momentum <= 1,
+                f"byol: need 0 <= base_momentum <= end_momentum <= 1, got {base_momentum} and {end_momentum}")
+        require(isinstance(symmetric, bool), f"byol: symmetric must be true or false, got {symmetric!r}")
+        self.backbone = backbone
+        self.data_info = data_info
+        self.symmetric = symmetric
+        self.base_momentum, self.end_momentum = float(base_momentum), float(end_momentum)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim)
+        self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
+        self.target_backbone = momentum_copy(backbone)
+        self.target_projector = momentum_copy(self.projector)
+        self.views = ViewPipeline(view_preset(view_preset_name, data_info.image_size, mean=tuple(data_info.mean),
+                                              std=tuple(data_info.std), **(views or {})))
+        self.masker, self.same_view = build_masker(masking)
+        self.eval_filter = eval_filter_of(self.masker)
+        self._eval_filter_fn = input_filter(self.eval_filter)
+
+    def _target(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.target_projector(self.target_backbone(x))
+
+    def _predict(self, x: Tensor) -> Tensor:
+        return self.predictor(self.projector(self.backbone(x)))
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        xa, xb, k = masked_pair(self.views, self.masker, self.same_view, images, generator)
+        if self.symmetric:
+            pa, pb = self._predict(torch.cat([xa, xb])).chunk(2)
+            ta, tb = self._target(torch.cat([xa, xb])).chunk(2)
+            loss = mean_over_pairs(lambda p_a, t_a, p_b, t_b: byol_loss(p_a, t_b) + byol_loss(p_b, t_a),
+                                   (pa, ta), (pb, tb), k)
+        else:  # one direction: branch A (view 1) online, branch B (view 2) target
+            loss = mean_over_pairs(byol_loss, (self._predict(xa),), (self._target(xb),), k)
+        return {"loss": loss}
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        return cosine_momentum(step, total_steps, self.base_momentum, self.end_momentum)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """EMA of the online backbone + projector into the target (parameters; BN statistics are the target's own)."""
+        m = self.momentum_at(step, total_steps)
+        ema_update_(self.target_backbone, self.backbone, m)
+        ema_update_(self.target_projector, self.projector, m)
+
+    @torch.no_grad()
+    def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        return branch_views(self.views, self.masker, self.same_view, images, generator)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        info = self.data_info
+        return self.backbone(self._eval_filter_fn(eval_transform(images, info.image_size, info.mean, info.std)))
