@@ -87,7 +87,7 @@ def _moco() -> nn.Module:
 
     torch.manual_seed(0)
     method = build_method("moco", backbone=build_backbone("resnet18", cifar_stem=False), data_info=INFO,
-                          queue_size=32, shuffle_bn=False, bn_splits=1)
+                          queue_size=32, shuffle_bn=False, bn_splits=1, temperature=0.5)
     return _bn_eval(method)
 
 
@@ -128,10 +128,9 @@ def _worker(rank: int, world: int, port: int, images: Tensor, views: dict[str, l
     if with_moco:
         method = _moco()
         model = DistributedDataParallel(method, broadcast_buffers=getattr(method, "ddp_broadcast_buffers", True))
-        r = _step(method, model, images[mine], [v[mine] for v in views["moco"]])
-        r["queue"] = method.queue.keys.detach().clone()
-        r["ptr"] = int(method.queue.ptr)
-        result["moco"] = r
+        mv = [v[mine] for v in views["moco"]]
+        r = [_step(method, model, images[mine], mv[:2]), _step(method, model, images[mine], mv[2:])]
+        result["moco"] = {"steps": r, "queue": method.queue.keys.detach().clone(), "ptr": int(method.queue.ptr)}
 
     shuffles = []
     for seed in range(3):
@@ -157,7 +156,7 @@ def two_ranks() -> dict[str, Any]:
     with_moco = _moco_available()
     views = {"simclr": _views(_simclr(), images, 2)}
     if with_moco:
-        views["moco"] = _views(_moco(), images, 2)
+        views["moco"] = _views(_moco(), images, 4)  # two steps
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(2, _free_port(), images, views, with_moco, out), nprocs=2, join=True)
     return {"images": images, "views": views, "ranks": [out[0], out[1]], "with_moco": with_moco}
@@ -165,7 +164,8 @@ def two_ranks() -> dict[str, Any]:
 
 def _close(a: Tensor, b: Tensor) -> bool:
     # Measured for SimCLR (2026-11-30, 2-core AMD EPYC box): loss differs by 2.4e-7, gradients by at most
-    # 6.7e-8 (float32 summation order); the largest gradient entry is 0.27, so 1e-6 is no free pass.
+    # 6.7e-8 (float32 summation order), largest gradient entry 0.27; MoCo (two steps): losses 2.4e-7,
+    # gradients 4.3e-8 (largest entry 0.04-0.08), queue 1.1e-7. So 1e-6 is no free pass.
     return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -183,21 +183,26 @@ def test_simclr_two_ranks_equal_one_process_of_twice_the_batch(two_ranks):
 
 
 def test_moco_two_ranks_equal_one_process_and_share_one_queue(two_ranks):
+    """Two steps: the second step's loss reads the queue the first step wrote, so a queue that
+    differed between ranks (or from one process) shows in the loss as well as in the buffer."""
     if not two_ranks["with_moco"]:
         pytest.skip("method moco is not registered yet")
     method = _moco()
     start = method.queue.keys.detach().clone()
-    ref = _step(method, method, two_ranks["images"], two_ranks["views"]["moco"])
+    views = two_ranks["views"]["moco"]
+    ref = [_step(method, method, two_ranks["images"], views[:2]), _step(method, method, two_ranks["images"], views[2:])]
     r0, r1 = (r["moco"] for r in two_ranks["ranks"])
-    assert _close((r0["loss"] + r1["loss"]) / 2, ref["loss"]), (r0["loss"], r1["loss"], ref["loss"])
-    for name, g in ref["grads"].items():
-        assert _close(r0["grads"][name], g), name
+    for step, one in enumerate(ref):
+        a, b = r0["steps"][step], r1["steps"][step]
+        assert _close((a["loss"] + b["loss"]) / 2, one["loss"]), (step, a["loss"], b["loss"], one["loss"])
+        for name, g in one["grads"].items():
+            assert _close(a["grads"][name], g), (step, name)
     # one queue: both ranks hold the same keys, written as one process writes the 2B keys (rank 0's, then rank 1's)
     assert torch.equal(r0["queue"], r1["queue"])
-    assert r0["ptr"] == r1["ptr"] == int(method.queue.ptr) == 2 * B
+    assert r0["ptr"] == r1["ptr"] == int(method.queue.ptr) == 4 * B
     assert _close(r0["queue"], method.queue.keys)
-    assert not _close(r0["queue"][: 2 * B], start[: 2 * B])  # the step did write keys
-    assert torch.equal(r0["queue"][2 * B :], start[2 * B :])
+    assert not _close(r0["queue"][: 4 * B], start[: 4 * B])  # the steps did write keys
+    assert torch.equal(r0["queue"][4 * B :], start[4 * B :])
 
 
 def test_shuffle_batch_is_global_and_undone(two_ranks):
@@ -219,7 +224,7 @@ def test_two_process_moco_cli_run_with_torchrun(tiny_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "unveil.cli", "pretrain", "--method", "moco", "--data", str(tiny_folder), "--out", str(out),
-           "data.image_size=16", "backbone.cifar_stem=false", "method.queue_size=64", "train.batch_size=8",
+           "data.image_size=16", "backbone.cifar_stem=false", "method.queue_size=64", "method.bn_splits=2", "train.batch_size=8",
            "train.epochs=1", "train.progress=false", "train.monitor=none", "train.precision=fp32"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
