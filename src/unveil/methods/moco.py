@@ -1,0 +1,207 @@
+"""MoCo (He et al. 2020; v2: Chen et al. 2020) as the CIFAR base of paper 5, with Un-Mix / CutMix.
+
+methods.md 5.1 (base), 5.2 (Un-Mix), 5.5 (the MoCo / MoCo + CutMix / MoCo + Un-Mix baselines).
+Query encoder = backbone + head (``linear``: mix-ssl's fc-as-projection; ``mlp``: MoCo v2's
+Linear-ReLU-Linear); key encoder = a momentum copy of both; negatives from a ``KeyQueue``.
+With ``mix`` the query view is also mixed with the reversed batch (Un-Mix):
+``L(q, k) + lam·L(q_m, k) + (1 − lam)·L(flip(q_m), k)``, every term against the same key and queue.
+
+The small functions here (head, views, key forward, momentum update, settings checks) are also
+what ``mixdet`` builds on: no base class, just imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import dist
+from ..backbones.split_bn import split_batchnorm
+from ..corruptions.mixing import unmix
+from ..errors import require
+from ..losses.infonce import KeyQueue, info_nce
+from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
+from . import DataInfo, register
+from ._common import reject_unknown_settings
+from ._siamese import ema_update_, momentum_copy
+
+# ---------------------------------------------------------------------------------------------
+# Shared by moco and mixdet
+
+
+def moco_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    """``linear``: one Linear (the CIFAR code's fc *is* the projection); ``mlp``: MoCo v2's
+    Linear-ReLU-Linear (no BatchNorm, as main_moco.py --mlp)."""
+    require(kind in ("linear", "mlp"), f"method.head must be linear or mlp, got {kind!r}")
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+def moco_views(data_info: DataInfo, preset: str | None, views: dict[str, Any] | None) -> ViewPipeline:
+    """Two-view augmentation: the ``cifar`` preset on small images (mix-ssl's CIFAR pipeline except
+    the bicubic resize, which the batched crop does not offer: bilinear, as Un-Mix's demo)."""
+    overrides = {"mean": tuple(data_info.mean), "std": tuple(data_info.std), **(views or {})}
+    return ViewPipeline(view_preset(preset or default_preset_for(data_info.name), data_info.image_size, **overrides))
+
+
+def check_moco_settings(momentum: float, queue_size: int, temperature: float, bn_splits: int,
+                        shuffle_bn: bool, symmetric: bool) -> None:
+    """One line per bad MoCo base setting (a recipe typo must not become a stack trace)."""
+    require(isinstance(momentum, (int, float)) and 0 <= momentum <= 1, f"method.momentum must be in [0, 1], got {momentum!r}")
+    require(isinstance(queue_size, int) and not isinstance(queue_size, bool) and queue_size >= 1,
+            f"method.queue_size must be a positive integer, got {queue_size!r}")
+    require(isinstance(temperature, (int, float)) and temperature > 0, f"method.temperature must be > 0, got {temperature!r}")
+    require(isinstance(bn_splits, int) and not isinstance(bn_splits, bool) and bn_splits >= 1,
+            f"method.bn_splits must be a positive integer (1 = plain BatchNorm), got {bn_splits!r}")
+    require(isinstance(shuffle_bn, bool), f"method.shuffle_bn must be true or false, got {shuffle_bn!r}")
+    require(isinstance(symmetric, bool), f"method.symmetric must be true or false, got {symmetric!r}")
+
+
+def check_batch_splits(batch: int, bn_splits: int) -> None:
+    """Split BatchNorm needs the per-process batch to divide into its splits: say so in one line
+    (SplitBatchNorm's own error would surface as a stack trace from inside the backbone)."""
+    require(batch % bn_splits == 0, f"batch of {batch} images per process is not a multiple of method.bn_splits="
+            f"{bn_splits}: set train.batch_size to a multiple of {bn_splits}, or method.bn_splits=1 (plain BatchNorm)")
+
+
+def make_key_encoder(backbone: nn.Module, head: nn.Module, bn_splits: int) -> tuple[nn.Module, nn.Module]:
+    """Put split BatchNorm in the query backbone (in place), then copy backbone and head as the
+    frozen key encoder (equal at start, as MoCo's ``param_k.data.copy_(param_q.data)``)."""
+    split_batchnorm(backbone, bn_splits)
+    return momentum_copy(backbone), momentum_copy(head)
+
+
+@torch.no_grad()
+def key_embed(key_backbone: nn.Module, key_head: nn.Module, x: Tensor, generator: torch.Generator,
+              shuffle: bool) -> Tensor:
+    """Key encoder output for ``x`` (no gradient); with ``shuffle`` the batch is permuted (over all
+    ranks) before the encoder and put back after, so BatchNorm statistics of a key are not those
+    of its query (MoCo's shuffle-BN; on one process it matters with split BatchNorm)."""
+    if not shuffle:
+        return key_head(key_backbone(x))
+    shuffled, unshuffle = dist.shuffle_batch(x, generator)
+    return dist.unshuffle_batch(key_head(key_backbone(shuffled)), unshuffle)
+
+
+def all_params_decayed(module: nn.Module) -> list[dict[str, Any]]:
+    """One group, weight decay on every trainable parameter (the MoCo / mix-ssl code passes
+    ``model.parameters()`` to SGD with weight_decay; BN and biases included)."""
+    return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]
+
+
+def embed_features(backbone: nn.Module, data_info: DataInfo, images: Tensor) -> Tensor:
+    """Backbone features under the deterministic evaluation transform (as simclr)."""
+    return backbone(eval_transform(images, data_info.image_size, data_info.mean, data_info.std))
+
+
+# ---------------------------------------------------------------------------------------------
+
+_MOCO_KNOWN = ("head, proj_dim, proj_hidden_dim, momentum, queue_size, temperature, symmetric, bn_splits, "
+               "shuffle_bn, mix, unmix_prob, beta, reverse_term, weight_decay_all, views, view_preset_name")
+
+
+@register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix | unmix adds Un-Mix's within-batch mixing "
+          "(paper 5's base and its MoCo + CutMix / + Un-Mix baselines)", paper="He et al. 2020; Shen et al. 2022 (Un-Mix)")
+class MoCo(nn.Module):
+    """MoCo with an optional Un-Mix / CutMix mixed-query term (methods.md 5.1, 5.2, 5.5)."""
+
+    ddp_broadcast_buffers = False  # the queue is gathered from every rank by the queue itself
+
+    def __init__(self, backbone: nn.Module, data_info: DataInfo, head: str = "linear", proj_dim: int = 128,
+                 proj_hidden_dim: int = 2048, momentum: float = 0.99, queue_size: int = 4096,
+                 temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
+                 mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
+                 weight_decay_all: bool = True, views: dict[str, Any] | None = None,
+                 view_preset_name: str | None = None, **unknown: Any):
+        super().__init__()
+        reject_unknown_settings(unknown, "moco", _MOCO_KNOWN)
+        check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, symmetric)
+        require(mix in ("none", "cutmix", "unmix"), f"method.mix must be none, cutmix or unmix, got {mix!r}")
+        require(isinstance(unmix_prob, (int, float)) and 0 <= unmix_prob <= 1,
+                f"method.unmix_prob must be in [0, 1], got {unmix_prob!r}")
+        require(isinstance(beta, (int, float)) and beta > 0, f"method.beta must be > 0, got {beta!r}")
+        require(isinstance(reverse_term, bool), f"method.reverse_term must be true or false, got {reverse_term!r}")
+        self.backbone, self.data_info = backbone, data_info
+        self.head = moco_head(head, backbone.num_features, proj_hidden_dim, proj_dim)
+        self.key_backbone, self.key_head = make_key_encoder(backbone, self.head, bn_splits)
+        self.queue = KeyQueue(proj_dim, queue_size)
+        self.momentum, self.temperature, self.symmetric = float(momentum), float(temperature), symmetric
+        self.bn_splits, self.shuffle_bn = bn_splits, shuffle_bn
+        # cutmix = Un-Mix with region mixing only (mix-ssl's run_moco.py, methods.md 5.5)
+        self.mix, self.mix_prob = mix, (float(unmix_prob) if mix == "unmix" else 0.0)
+        self.beta, self.reverse_term, self.weight_decay_all = float(beta), reverse_term, weight_decay_all
+        self.views = moco_views(data_info, view_preset_name, views)
+
+    def _inputs(self, images: Tensor, generator: torch.Generator) -> list[dict[str, Any]]:
+        """Per direction (one, or two when symmetric): query view, key view, and the mixed query."""
+        v1, v2 = self.views(images, generator), self.views(images, generator)
+        pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
+        out = []
+        for xq, xk in pairs:
+            d: dict[str, Any] = {"query": xq, "key": xk}
+            if self.mix != "none":  # each direction draws its own mix (coin, lam, box)
+                mixed = unmix(xq, generator, self.mix_prob, self.beta)
+                d["mixed"], d["lam"] = mixed.images, mixed.lam
+            out.append(d)
+        return out
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        check_batch_splits(images.shape[0], self.bn_splits)
+        loss_orig = loss_mix = images.new_zeros((), dtype=torch.float32)
+        keys, lam = [], None
+        for d in self._inputs(images, generator):
+            q = self.head(self.backbone(d["query"]))
+            k = key_embed(self.key_backbone, self.key_head, d["key"], generator, self.shuffle_bn)
+            queue = self.queue.keys
+            loss_orig = loss_orig + info_nce(q, k, queue, self.temperature)
+            if "mixed" in d:
+                lam = d["lam"]
+                q_m = self.head(self.backbone(d["mixed"]))
+                mixed_term = lam * info_nce(q_m, k, queue, self.temperature)
+                if self.reverse_term:  # flip(q_m)[i] encodes mixed[B−1−i], where image i has weight 1 − lam
+                    mixed_term = mixed_term + (1 - lam) * info_nce(q_m.flip(0), k, queue, self.temperature)
+                loss_mix = loss_mix + mixed_term
+            keys.append(k)
+        # symmetric: both views' keys go in, once each per step (as the MoCo CIFAR demo's symmetric loss)
+        self.queue.enqueue(torch.cat(keys))
+        out = {"loss": loss_orig + loss_mix, "loss_orig": loss_orig.detach()}
+        if lam is not None:
+            out["loss_mix"], out["lam"] = loss_mix.detach(), lam.detach()
+        return out
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        # MoCo updates the key encoder at the start of each forward, from the query weights that the
+        # previous optimizer step produced. Updating right after that optimizer step gives the same
+        # key weights at every forward (the first MoCo update is a no-op: key == query at start;
+        # ours after the last step only touches the unexported key encoder), and keeps one update
+        # per optimizer step under gradient accumulation.
+        ema_update_(self.key_backbone, self.backbone, self.momentum)
+        ema_update_(self.key_head, self.head, self.momentum)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        if self.weight_decay_all:
+            return all_params_decayed(self)
+        from ..train.optim import default_param_groups
+
+        return default_param_groups(self)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return embed_features(self.backbone, self.data_info, images)
+
+    @torch.no_grad()
+    def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """What each branch sees, normalised as the encoder sees it (the preview's rows)."""
+        directions = self._inputs(images, generator)
+        rows = {"view 1 (query)": directions[0]["query"], "view 2 (key)": directions[0]["key"]}
+        for i, d in enumerate(directions):
+            if "mixed" in d:
+                tag = f" of view {i + 1}" if self.symmetric else ""
+                rows[f"mixed{tag} (query)"] = d["mixed"]
+                if self.reverse_term:
+                    rows[f"mixed{tag}, reversed (query)"] = d["mixed"].flip(0)
+        return rows
