@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "unveil.commands.demo",
     "unveil.commands.preview",
     "unveil.commands.reconstruct",
+    "unveil.commands.activations",
     "unveil.commands.bench",
 )
 

@@ -3,10 +3,15 @@
     unveil preview overlay --alpha 0.3 --partner derangement --data cifar10 -o overlay.png
     unveil preview mscn --branch-a "{ratio: 0.3}" --num-masks 2 --data cifar10 -o mscn.png
     unveil preview --list
+    unveil preview --recipe mscn_simclr_7_multimask --data cifar10 -o mscn.png
 
 Parameter values are read as YAML scalars, lists or mappings. Two-view corruptions (MSCN, MixDet)
 get the horizontal flip of the batch as their second view. MSCN and the high-pass filter see
 ImageNet-normalised images, as in training; their rows show zero as grey.
+
+``--recipe NAME`` instead builds that recipe's method for the data and draws what its branches
+see (``method.branch_views``: the rows the encoder gets, normalised as in training, shown by
+undoing the data's mean/std; high-passed rows with zero as grey).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ..errors import UserError, require
 from ..viz.grid import save_png
 from ..viz.preview import render
 
-RESERVED = {"list", "data", "n", "seed", "image_size", "output", "corruption", "cell"}
+RESERVED = {"list", "data", "n", "seed", "image_size", "output", "corruption", "cell", "recipe"}
 
 
 def parse_value(text: str):
@@ -44,7 +49,35 @@ def load_images(data: str, n: int, image_size: int | None) -> Tensor:
     return dataset.test.images[:n]
 
 
+def run_recipe(args: argparse.Namespace) -> int:
+    """``--recipe NAME``: the recipe's method built for the data, its ``branch_views`` drawn."""
+    from ..build import build_method_for, data_info_of
+    from ..config import resolve
+    from ..data import load_data
+    from ..viz.preview import render_branch_views
+
+    require(args.corruption is None, f"preview: give a corruption or --recipe, not both (got '{args.corruption}')")
+    require(args.output is not None, "preview: -o/--output is required (the PNG to write)")
+    require(args.n >= 1, f"preview: --n must be >= 1, got {args.n}")
+    cfg = resolve(args.recipe)
+    data = args.data or cfg["data"]["name"]
+    size = args.image_size or cfg["data"]["image_size"]
+    dataset = load_data(data, root=cfg["data"]["root"] if args.data is None else None, image_size=size,
+                        subset=args.n, test_subset=args.n)
+    images = dataset.test.images[: args.n] if len(dataset.test.images) else dataset.train.images[: args.n]
+    if len(images) == 0:
+        raise UserError(f"preview: no images in --data {data}")
+    info = data_info_of(dataset)
+    method = build_method_for(cfg, dataset_info=info)
+    title = f"{args.recipe} ({cfg['method']['name']}) on {dataset.name}, seed={args.seed}: what the branches see"
+    save_png(render_branch_views(method, images, info["mean"], info["std"], args.seed, args.cell, title), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.recipe is not None:
+        return run_recipe(args)
     if args.list:
         for name in sorted(CORRUPTIONS):
             print(describe(name))
@@ -72,6 +105,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     )
     p.add_argument("corruption", nargs="?", help="corruption name (see --list)")
     p.add_argument("--list", action="store_true", help="list the corruptions and their parameters")
+    p.add_argument("--recipe", help="instead of a corruption: a recipe whose method's branch inputs to draw "
+                   "(shipped name or YAML path; --data defaults to the recipe's)")
     p.add_argument("--data", help="dataset name or folder (test images are shown)")
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
