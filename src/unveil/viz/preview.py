@@ -11,6 +11,7 @@ encoder sees (``method.branch_views``; ``unveil preview --recipe NAME``).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 
 import torch
@@ -169,6 +170,7 @@ def render(name: str, images: Tensor, params: dict | None = None, seed: int = 0,
 # Per recipe: what the method's two branches see (``unveil preview --recipe NAME``)
 
 HIGH_PASS_MEAN_RATIO = 0.1  # see looks_high_passed
+LABEL_CHARS = 24  # row labels wrap at this width (the grid's label column is 170 px)
 
 
 def looks_high_passed(x: Tensor) -> bool:
@@ -207,9 +209,10 @@ def render_branch_views(method: nn.Module, images: Tensor, mean: Sequence[float]
         rows = method.branch_views(images, generator)
     require(isinstance(rows, dict) and rows, f"method {type(method).__name__}.branch_views() returned no rows")
     shown = [("clean", to_display(images))]
-    for label, x in rows.items():
+    for name, x in rows.items():
+        label = "\n".join(textwrap.fill(line, LABEL_CHARS) for line in name.split("\n"))  # fits the label column
         require(x.ndim == 4 and x.shape[0] == images.shape[0],
-                f"branch_views row '{label}' has shape {tuple(x.shape)}, expected ({images.shape[0]}, C, H, W)")
+                f"branch_views row '{name}' has shape {tuple(x.shape)}, expected ({images.shape[0]}, C, H, W)")
         if looks_high_passed(x):
             shown.append((f"{label}\n(high-pass,\ngrey = 0)", signed_image(x)))
         else:
