@@ -101,8 +101,12 @@ def available_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
-def load_recipe(recipe: str | Path | None) -> dict[str, Any]:
-    """Read a recipe by shipped name (``simclr_cifar10``) or path."""
+def load_recipe(recipe: str | Path | None, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe by shipped name (``simclr_cifar10``) or path.
+
+    ``base: other_recipe`` at its top merges it on top of that recipe (recursively: mappings are
+    merged key by key, anything else replaces), so a study's steps are a few lines each. A shipped
+    name or a path (relative paths: from the recipe's own folder)."""
     if recipe is None:
         return {}
     path = Path(recipe)
@@ -117,7 +121,30 @@ def load_recipe(recipe: str | Path | None) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     require(isinstance(data, dict), f"recipe {path} must be a mapping of sections (method, data, train, ...)")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    require(isinstance(base, str) and bool(base), f"recipe {path}: base must be a recipe name or path, got {base!r}")
+    base_path = Path(base)
+    if base_path.suffix and not base_path.is_absolute():
+        base_path = path.parent / base_path
+    chain = (*_chain, path.resolve())
+    target = (base_path if base_path.suffix else recipes_dir() / f"{base}.yaml").resolve()
+    if target in chain:
+        names = " -> ".join(p.stem for p in (*chain[chain.index(target):], target))
+        raise UserError(f"recipe {path}: base recipes form a cycle ({names}); remove one of the base: lines")
+    return _merge_recipes(load_recipe(base_path if base_path.suffix else base, chain), data)
+
+
+def _merge_recipes(base: dict, new: dict) -> dict:
+    """``new`` on top of ``base``: mappings merged key by key, other values (null too) replace."""
+    out = copy.deepcopy(base)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_recipes(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def merge(base: dict, new: dict, where: str = "") -> dict:

@@ -4,11 +4,19 @@ ResNet backbones are torchvision's ``ResNet`` with ``fc = Identity``, so the fil
 ``torchvision.models.resnet18()`` with ``strict=True`` after the same two edits (see
 ``torchvision_model``); ``metadata`` records the architecture, so any exported encoder (the
 autoencoders' ResNet encoders and patch towers too) is rebuilt by ``load_backbone``.
+
+A model trained on filtered inputs (MSCN's high-pass) must see them filtered at evaluation too:
+its filter is written as JSON under the metadata key ``eval_filter`` (absent otherwise), and
+``input_filter(path)`` rebuilds it as a function for normalised float batches::
+
+    encoder, filt = load_backbone("backbone.safetensors"), input_filter("backbone.safetensors")
+    features = encoder(filt(normalised_images))  # filt is the identity when nothing was recorded
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,9 @@ from .errors import UserError, require
 from .io import atomic_write
 
 
-def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any]) -> dict[str, str]:
+def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any],
+                    eval_filter: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write the weights and metadata; ``eval_filter`` is the method's input filter (``method.eval_filter``)."""
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
     meta = {
         "format": "unveil-backbone/1",
@@ -30,6 +40,10 @@ def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any]) 
         "num_features": str(getattr(backbone, "num_features", "")),
         "class": type(backbone).__name__,
     }
+    if eval_filter is not None:
+        from .methods._masking import check_input_filter
+
+        meta["eval_filter"] = json.dumps(check_input_filter(eval_filter))
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     return meta
 
@@ -59,6 +73,28 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     return _read_export(Path(path), tensors=False)[1]
+
+
+def read_eval_filter(path: str | Path) -> dict[str, Any] | None:
+    """The input filter recorded in an export (None when the model needs none)."""
+    text = read_metadata(path).get("eval_filter")
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: the eval_filter metadata is not JSON ({text[:80]!r}): export it again") from None
+    from .methods._masking import check_input_filter
+
+    return check_input_filter(spec)
+
+
+def input_filter(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported model's evaluation input filter as a function of a normalised float batch
+    (identity when none is recorded): apply it before the encoder, as pretraining did."""
+    from .methods._masking import input_filter as make_filter
+
+    return make_filter(read_eval_filter(path))
 
 
 def torchvision_model(path: str | Path) -> nn.Module:

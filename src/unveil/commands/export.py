@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     method, cfg, _ = load_run(args.run, load_data=False)
     out = Path(args.output) if args.output else run_dir / "backbone.safetensors"
     spec = getattr(method, "backbone_spec", None)
-    export_backbone(method.backbone, out, {**cfg, "backbone": spec or cfg["backbone"]})
+    export_backbone(method.backbone, out, {**cfg, "backbone": spec or cfg["backbone"]},
+                    eval_filter=getattr(method, "eval_filter", None))
     print(f"unveil: exported {type(method.backbone).__name__} weights to {out}")
     return 0

@@ -347,6 +347,8 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
         cfg["data"].update({"name": str(eval_data), "image_size": size, "subset": None, "test_subset": None})
     cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True)),
                      "augment": bool(augment)}
+    if getattr(method, "eval_filter", None) is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
+        cfg["method"]["input_filter"] = method.eval_filter
     cfg["backbone"] = dict(spec)
     cfg["train"].update({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
                          "weight_decay": weight_decay, "monitor": "classify", "monitor_every_epochs": 1,

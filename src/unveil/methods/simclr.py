@@ -1,6 +1,8 @@
 """SimCLR (Chen et al., 2020): two augmented views, a projection MLP, NT-Xent.
 
-The foundation's reference method; MSCN later adds masks to its views.
+The foundation's reference method. ``masking:`` turns it into MSCN-SimCLR (methods.md 3,
+``methods._masking``): branch-A masks on view 1, branch-B masks on view 2, NT-Xent averaged over
+the num_masks × num_masks cross-view pairs; a training high-pass is applied in ``embed`` too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 from ..losses.ntxent import nt_xent
 from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo, register
+from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
@@ -27,7 +30,7 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = T
 class SimCLR(nn.Module):
     def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
                  proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, **unused: Any):
+                 view_preset_name: str | None = None, masking: dict[str, Any] | None = None, **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"unknown simclr settings: {', '.join(unused)}")
@@ -38,14 +41,21 @@ class SimCLR(nn.Module):
         preset = view_preset_name or default_preset_for(data_info.name)
         self.views = ViewPipeline(view_preset(preset, data_info.image_size, mean=tuple(data_info.mean),
                                               std=tuple(data_info.std), **(views or {})))
+        self.masker, self.same_view = build_masker(masking)
+        self.eval_filter = eval_filter_of(self.masker)  # the training high-pass, applied in embed too
+        self._eval_filter_fn = input_filter(self.eval_filter)
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        v1, v2 = self.views(images, generator), self.views(images, generator)
-        z = self.projector(self.backbone(torch.cat([v1, v2])))
-        z1, z2 = z.chunk(2)
-        return {"loss": nt_xent(z1, z2, self.temperature)}
+        xa, xb, k = masked_pair(self.views, self.masker, self.same_view, images, generator)
+        z = self.projector(self.backbone(torch.cat([xa, xb])))  # the encoder runs once per (masked) input
+        za, zb = z.chunk(2)
+        return {"loss": mean_over_pairs(lambda z1, z2: nt_xent(z1, z2, self.temperature), (za,), (zb,), k)}
+
+    @torch.no_grad()
+    def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        return branch_views(self.views, self.masker, self.same_view, images, generator)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
         info = self.data_info
-        return self.backbone(eval_transform(images, info.image_size, info.mean, info.std))
+        return self.backbone(self._eval_filter_fn(eval_transform(images, info.image_size, info.mean, info.std)))
