@@ -1,0 +1,174 @@
+"""MixDet (methods.md 5.3, 5.4): one step per approach on a tiny batch (loss, gradients, the two or
+three queues, EMA), and every pairing traced by index on images whose pixels name their image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_moco import B, MapBackbone, TwoCodeViews, code_images, identify, identity_, images, record_info_nce
+from torch import nn
+
+import unveil.methods.mixdet as mixdet_module
+from unveil.backbones import build_backbone
+from unveil.corruptions.mixing import box_masks
+from unveil.errors import UserError
+from unveil.methods import DataInfo, build_method
+from unveil.methods.mixdet import box_pool
+
+INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
+LABELS = torch.zeros(B, dtype=torch.long)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: 2 OpenMP threads on a loaded 2-core box cost ~7x (mixdet step test 9.3 s with 2
+    # threads vs 1.4 s with 1, load average 6.8, 2-core AMD EPYC box, 2026-11-30)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_mixdet(**kw) -> nn.Module:
+    # the CIFAR stem on 16 px leaves a 2x2 layer4 map: in-box and out-of-box pooling differ
+    torch.manual_seed(0)
+    kw = {"queue_size": 64, "bn_splits": 1, **kw}
+    return build_method("mixdet", backbone=build_backbone("resnet18", cifar_stem=True), data_info=INFO, **kw)
+
+
+def traced_mixdet(**kw) -> nn.Module:
+    """MixDet over the identity 'backbone' (map = image), identity head and 1x1 conv, code views."""
+    method = build_method("mixdet", backbone=MapBackbone(), data_info=INFO, proj_dim=3, queue_size=32, bn_splits=1, **kw)
+    identity_(method.head, method.key_head, method.proj)
+    method.views = TwoCodeViews()
+    return method
+
+
+@pytest.mark.parametrize("kw", [{}, {"key_projection": "ema", "pairing": "code"}, {"approach": 1},
+                                {"approach": 1, "independent_boxes": True, "lam": 0.3}])
+def test_step_loss_gradients_queues_and_momentum(kw):
+    method = tiny_mixdet(momentum=0.9, **kw)
+    queues = [method.queue, method.local_queue] + ([method.global_queue] if kw.get("approach") == 1 else [])
+    before = [q.keys.clone() for q in queues]
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    out = method(images(), LABELS, g)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert method.backbone.conv1.weight.grad.abs().sum() > 0 and method.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.key_backbone.parameters())
+    for queue, old in zip(queues, before):
+        assert int(queue.ptr) == B and torch.equal(queue.keys[B:], old[B:])
+    # the new rows: k of view 2, the key mixture's in-box (and out-of-box) vectors, recomputed from
+    # the same draws (plain BN: the shuffle only reorders the sums, hence 1e-5)
+    g.set_state(state)
+    d = method._inputs(images(), g)
+    with torch.no_grad():
+        k = F.normalize(method.key_head(method.key_backbone(d["x2"])), dim=1)
+        k_local, k_global = method._key_local_global(d["k_mixed"], d["box_k"])
+    for queue, expected in zip(queues, [k, k_local, k_global]):
+        assert torch.allclose(queue.keys[:B], expected, atol=1e-5)
+    if "lam" in kw:
+        assert float(out["lam"]) == pytest.approx(kw["lam"])
+    if kw.get("key_projection") == "ema":  # the key's conv follows the query's conv by EMA
+        torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5).step()
+        old = [p.clone() for p in method.key_proj.parameters()]
+        method.after_optimizer_step(1, 10)
+        for o, q, n in zip(old, method.proj.parameters(), method.key_proj.parameters()):
+            assert not torch.equal(o, q.detach()) and torch.equal(n, torch.lerp(o, q.detach(), 0.1))
+    else:
+        assert method.key_proj is None and not any(n.startswith("key_proj") for n in method.state_dict())
+
+
+@pytest.mark.parametrize("pairing", ["semantic", "code"])
+def test_approach2_mixtures_and_positives_by_index(monkeypatch, pairing):
+    calls = record_info_nce(monkeypatch, mixdet_module)
+    method = traced_mixdet(pairing=pairing)
+    x = code_images()
+    d = method._inputs(x, torch.Generator().manual_seed(4))
+    x1, x2 = d["x1"], d["x2"]
+    in1, _ = box_masks(d["box_q"], 16, 16)
+    in2, _ = box_masks(d["box_k"], 16, 16)
+    assert 0 < in1.sum() < 256 and 0 < in2.sum() < 256
+    # mixed1[i]: x1[i] outside, x1[B−1−i] inside; its reversal the other way round; mixed2 likewise with box 2
+    assert torch.equal(d["q_mixed"], torch.where(in1, x1.flip(0), x1))
+    assert torch.equal(d["q_mixed_rev"], torch.where(in1, x1, x1.flip(0)))
+    assert torch.equal(d["k_mixed"], torch.where(in2, x2.flip(0), x2))
+    lam = float(d["lam"])
+    assert lam == pytest.approx(1 - in1.float().mean().item())
+
+    method.views.calls = 0
+    out = method(x, LABELS, torch.Generator().manual_seed(4))
+    assert len(calls) == 7  # orig, m, LL, GG, then the reversed: m^R, GG^R, LL^R
+    ids = [(identify(q) if n not in (1, 4) else None, identify(k)) for n, (q, k, _) in enumerate(calls)]
+    same = [(1, i) for i in range(B)], [(2, i) for i in range(B)]
+    rev = [(1, B - 1 - i) for i in range(B)], [(2, B - 1 - i) for i in range(B)]
+    assert ids[0] == same                               # L_orig: q(x1[i]) <-> k(x2[i])
+    assert ids[2] == rev                                # L_LL: inside = x1[B−1−i] <-> inside = x2[B−1−i]
+    assert ids[3] == same                               # L_GG: outside = x1[i] <-> k(x2[i])
+    assert ids[1][1] == ids[4][1] == same[1]            # L_m, L_m^R: against k of image i
+    if pairing == "semantic":
+        assert ids[5] == rev                            # L_GG^R: outside = x1[B−1−i] <-> flip(k)
+        assert ids[6] == same                           # L_LL^R: inside = x1[i] <-> flip(Lk)
+    else:  # the official code's pairs (methods.md 5.3 correctness note): mismatched
+        assert ids[5] == (rev[0], same[1])
+        assert ids[6] == (same[0], rev[1])
+    v = [c[2] for c in calls]
+    assert torch.allclose(out["loss"], v[0] + lam * (v[1] + v[3] + v[2]) + (1 - lam) * (v[4] + v[5] + v[6]), atol=1e-6)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_approach1_swapped_regions_and_positives_by_index(monkeypatch, independent):
+    calls = record_info_nce(monkeypatch, mixdet_module)
+    method = traced_mixdet(approach=1, independent_boxes=independent)
+    x = code_images()
+    d = method._inputs(x, torch.Generator().manual_seed(2))
+    x1, x2 = d["x1"], d["x2"]
+    in_q, _ = box_masks(d["box_q"], 16, 16)
+    in_k, _ = box_masks(d["box_k"], 16, 16)
+    assert 0 < in_q.sum() < 256 and 0 < in_k.sum() < 256
+    assert torch.equal(d["box_q"], d["box_k"]) != independent  # this seed places the two boxes apart
+    # each mixture holds only image i: view 1 with view 2's region, and view 2 with view 1's
+    assert torch.equal(d["q_mixed"], torch.where(in_q, x2, x1))
+    assert torch.equal(d["k_mixed"], torch.where(in_k, x1, x2))
+
+    method.views.calls = 0
+    out = method(x, LABELS, torch.Generator().manual_seed(2))
+    assert len(calls) == 5  # orig, mixed, LL, GG, LG
+    ids = [(identify(q) if n != 1 else None, identify(k)) for n, (q, k, _) in enumerate(calls)]
+    v1, v2 = [(1, i) for i in range(B)], [(2, i) for i in range(B)]
+    assert ids[0] == (v1, v2) and ids[1][1] == v2
+    assert ids[2] == (v2, v1)   # L_LL: q's box holds view 2, k's box holds view 1, both image i
+    assert ids[3] == (v1, v2)   # L_GG: outside q's box view 1, outside k's box view 2
+    assert ids[4] == (v2, v2)   # L_LG: q's local (view 2) <-> k's global (view 2)
+    lam = float(out["lam"])
+    assert lam == pytest.approx(1 - in_q.float().mean().item())
+    v = [c[2] for c in calls]
+    assert torch.allclose(out["loss"], v[0] + lam * v[1] + (1 - lam) * (v[4] + v[2] + v[3]), atol=1e-6)
+
+
+def test_box_pool_means_inside_and_outside_and_survives_a_full_box():
+    fmap = torch.randn(2, 4, 2, 2)
+    box = torch.tensor([2, 10, 4, 16])
+    local, glob = box_pool(fmap, box, (16, 16))
+    up = F.interpolate(fmap, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(local, F.normalize(up[:, :, 2:10, 4:16].mean(dim=(2, 3)), dim=1), atol=1e-6)
+    outside = up.sum(dim=(2, 3)) - up[:, :, 2:10, 4:16].sum(dim=(2, 3))
+    assert torch.allclose(glob, F.normalize(outside / (256 - 96), dim=1), atol=1e-5)
+    local, glob = box_pool(fmap, torch.tensor([0, 16, 0, 16]), (16, 16))
+    assert torch.isfinite(glob).all() and torch.equal(glob, torch.zeros_like(glob))
+
+
+def test_branch_views_rows_and_one_line_errors():
+    for approach, n_rows in ((2, 5), (1, 4)):
+        rows = tiny_mixdet(approach=approach).branch_views(images(), torch.Generator().manual_seed(0))
+        assert len(rows) == n_rows and all(r.shape == (B, 3, 16, 16) for r in rows.values())
+    for bad in ({"approach": 3}, {"pairing": "index"}, {"lam": 0.5}, {"approach": 1, "lam": "mean"},
+                {"independent_boxes": True}, {"approach": 1, "pairing": "code"}, {"key_projection": "copy"},
+                {"symmetric": True}):
+        with pytest.raises(UserError) as err:
+            tiny_mixdet(**bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="bn_splits"):
+        tiny_mixdet(bn_splits=3)(images(), LABELS, torch.Generator().manual_seed(0))

@@ -1,0 +1,227 @@
+"""MoCo (methods.md 5.1, 5.2, 5.5): one step on a tiny batch (loss, gradients, queue, EMA), Un-Mix's
+pairing traced by index on hand-built images, the split-BN batch check, kill -9 + --resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from killresume import assert_same_state, kill_and_resume
+from torch import Tensor, nn
+
+from unveil.backbones import build_backbone
+from unveil.corruptions.mixing import box_masks
+from unveil.errors import UserError
+from unveil.methods import DataInfo, build_method
+
+INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
+B = 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: 2 OpenMP threads on a loaded 2-core box cost ~7x (mixdet step test 9.3 s with 2
+    # threads vs 1.4 s with 1, load average 6.8, 2-core AMD EPYC box, 2026-11-30)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_moco(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    kw = {"queue_size": 64, "bn_splits": 4, **kw}
+    return build_method("moco", backbone=build_backbone("resnet18", cifar_stem=False), data_info=INFO, **kw)
+
+
+def images(n: int = B, seed: int = 0) -> Tensor:
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- stubs that keep the identity of every image through the method (shared with test_mixdet) ----
+
+def code_images(n: int = B) -> Tensor:
+    """uint8 images whose every pixel is image i's code (10, 10 + 20i, 200 − 20i): one direction
+    per index, so a pooled and L2-normalised vector says which image it came from."""
+    i = torch.arange(n)
+    code = torch.stack([torch.full_like(i, 10), 10 + 20 * i, 200 - 20 * i], dim=1).to(torch.uint8)
+    return code.view(n, 3, 1, 1).expand(n, 3, 16, 16).contiguous()
+
+
+class TwoCodeViews(nn.Module):
+    """In place of the augmentation: call 1 (view 1) gives pixels / 255, call 2 (view 2) the same
+    with the channels reversed, so view 1 and view 2 of image i differ and are both identifiable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        self.calls += 1
+        v = x.float() / 255
+        return v if self.calls % 2 else v.flip(1)
+
+
+class MapBackbone(nn.Module):
+    """The image itself as the 'feature map' (3 channels, full resolution) and its mean as the
+    pooled features: mixtures stay traceable pixel by pixel."""
+
+    num_features = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: Tensor, return_map: bool = False):
+        fmap = x * self.scale
+        pooled = fmap.mean(dim=(2, 3))
+        return (pooled, fmap) if return_map else pooled
+
+
+def identity_(*linears: nn.Module) -> None:
+    """Make 3->3 Linear / 1x1 Conv layers the identity (weights eye, bias 0)."""
+    with torch.no_grad():
+        for layer in linears:
+            layer.weight.copy_(torch.eye(3).view_as(layer.weight))
+            layer.bias.zero_()
+
+
+def identify(vectors: Tensor, n: int = B) -> list[tuple[int, int]]:
+    """(view, image index) of each row: the nearest (cosine) of view 1's and view 2's codes."""
+    codes = TwoCodeViews()(code_images(n), None)
+    refs = torch.cat([F.normalize(codes.mean(dim=(2, 3)), dim=1),
+                      F.normalize(codes.flip(1).mean(dim=(2, 3)), dim=1)])
+    sims = F.normalize(vectors.float(), dim=1) @ refs.T
+    best = sims.argmax(dim=1)
+    assert (sims.max(dim=1).values > 0.9999).all(), "a row is a mixture, not one image's code"
+    return [(int(b) // n + 1, int(b) % n) for b in best]
+
+
+def record_info_nce(monkeypatch, module) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Record (q, k, value) of every InfoNCE term the method computes, in call order."""
+    calls: list[tuple[Tensor, Tensor, Tensor]] = []
+    real = module.info_nce
+
+    def spy(q, k, queue, temperature=0.1):
+        value = real(q, k, queue, temperature)
+        calls.append((q.detach().clone(), k.detach().clone(), value.detach()))
+        return value
+
+    monkeypatch.setattr(module, "info_nce", spy)
+    return calls
+
+
+# ---- one step ----
+
+@pytest.mark.parametrize("kw", [{}, {"mix": "cutmix"}, {"mix": "unmix", "head": "mlp", "proj_hidden_dim": 32},
+                                {"mix": "unmix", "symmetric": True}])
+def test_step_loss_gradients_queue_and_momentum(kw):
+    # plain BN (bn_splits 1) so the keys can be recomputed below; split BN runs in the resume test
+    method = tiny_moco(momentum=0.9, bn_splits=1, **kw)
+    before = method.queue.keys.clone()
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    out = method(images(), torch.zeros(B, dtype=torch.long), g)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert method.backbone.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.key_backbone.parameters())
+    if kw.get("mix"):
+        assert 0 <= float(out["lam"]) <= 1 and torch.isfinite(out["loss_mix"])
+    n_keys = 2 * B if kw.get("symmetric") else B
+    assert int(method.queue.ptr) == n_keys
+    assert torch.equal(method.queue.keys[n_keys:], before[n_keys:])
+    # the new rows are the normalised keys of view 2 (then view 1 when symmetric), recomputed from the
+    # same views; BN is permutation-invariant, so shuffle-BN only reorders the sums (hence 1e-5)
+    g.set_state(state)
+    v1, v2 = method.views(images(), g), method.views(images(), g)
+    with torch.no_grad():
+        expected = torch.cat([method.key_head(method.key_backbone(v)) for v in ([v2, v1] if kw.get("symmetric") else [v2])])
+    assert torch.allclose(method.queue.keys[:n_keys], F.normalize(expected, dim=1), atol=1e-5)
+
+    # EMA: key ← m·key + (1 − m)·query, after an optimizer step moved the query
+    torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5).step()
+    old = [p.clone() for p in [*method.key_backbone.parameters(), *method.key_head.parameters()]]
+    online = [p.detach().clone() for p in [*method.backbone.parameters(), *method.head.parameters()]]
+    assert not all(torch.equal(o, q) for o, q in zip(old, online))
+    method.after_optimizer_step(1, 10)
+    new = [*method.key_backbone.parameters(), *method.key_head.parameters()]
+    for o, q, n in zip(old, online, new):
+        assert torch.equal(n, torch.lerp(o, q, 0.1))
+        assert torch.allclose(n, 0.9 * o + 0.1 * q, atol=1e-6)
+
+
+def test_unmix_pairs_image_i_with_reversed_batch_and_flips_q_m(monkeypatch):
+    import unveil.methods.moco as moco_module
+
+    calls = record_info_nce(monkeypatch, moco_module)
+    method = build_method("moco", backbone=MapBackbone(), data_info=INFO, head="linear", proj_dim=3, queue_size=32,
+                          bn_splits=1, mix="cutmix")
+    identity_(method.head, method.key_head)
+    method.views = TwoCodeViews()
+    x = code_images()
+    g = torch.Generator().manual_seed(3)
+    d = method._inputs(x, g)[0]
+    mixed, lam = d["mixed"], float(d["lam"])
+    # the region mix: image i outside the box, image B−1−i inside; lam = the outside share
+    inside = (mixed - d["query"]).abs().amax(dim=1, keepdim=True) > 0
+    inside = inside[0:1]
+    assert 0 < inside.sum() < 16 * 16 and abs(lam - (1 - inside.float().mean().item())) < 1e-6
+    for i in range(B):
+        assert torch.equal(mixed[i][:, ~inside[0, 0]].unique(dim=1), d["query"][i][:, :1, 0])
+        assert torch.equal(mixed[i][:, inside[0, 0]].unique(dim=1), d["query"][B - 1 - i][:, :1, 0])
+    method.views.calls = 0
+    out = method(x, torch.zeros(B, dtype=torch.long), torch.Generator().manual_seed(3))
+    assert len(calls) == 3  # L(q, k), L(q_m, k), L(flip(q_m), k)
+    (q, k, l_orig), (q_m, k_m, l_m), (q_mr, k_mr, l_mr) = calls
+    assert identify(q) == [(1, i) for i in range(B)] and identify(k) == [(2, i) for i in range(B)]
+    assert torch.equal(k_m, k) and torch.equal(k_mr, k)  # one key for every term
+    assert torch.equal(q_mr, q_m.flip(0))
+    # q_m[i] = lam·code(i) + (1 − lam)·code(B−1−i) (pooled mean of the mixture)
+    expected = lam * q + (1 - lam) * q.flip(0)
+    assert torch.allclose(q_m, expected, atol=1e-5)
+    assert torch.allclose(out["loss"], l_orig + lam * l_m + (1 - lam) * l_mr, atol=1e-6)
+
+
+def test_unmix_global_mix_is_mixup_with_reversed_batch():
+    method = tiny_moco(mix="unmix", unmix_prob=1.0)
+    d = method._inputs(images(), torch.Generator().manual_seed(0))[0]
+    lam = d["lam"]
+    assert torch.allclose(d["mixed"], lam * d["query"] + (1 - lam) * d["query"].flip(0), atol=1e-5)
+    rows = method.branch_views(images(), torch.Generator().manual_seed(0))
+    assert list(rows) == ["view 1 (query)", "view 2 (key)", "mixed (query)", "mixed, reversed (query)"]
+    assert all(r.shape == (B, 3, 16, 16) for r in rows.values())
+    assert torch.equal(rows["mixed, reversed (query)"], rows["mixed (query)"].flip(0))
+
+
+def test_bad_settings_and_batch_not_divisible_by_splits_are_one_line():
+    method = tiny_moco(bn_splits=8)
+    with pytest.raises(UserError) as err:
+        method(images(12), torch.zeros(12, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert "\n" not in str(err.value) and "method.bn_splits=8" in str(err.value)
+    for bad in ({"mix": "mixup"}, {"head": "conv"}, {"bn_split": 8}, {"queue_size": 0}, {"temperature": 0}):
+        with pytest.raises(UserError) as err:
+            tiny_moco(**bad)
+        assert "\n" not in str(err.value)
+
+
+def test_box_masks_cover_what_the_mix_pasted():
+    # the box the region mix reports is where the reversed batch went (guards the mask convention)
+    from unveil.corruptions.mixing import unmix
+
+    x = code_images().float()
+    r = unmix(x, torch.Generator().manual_seed(5), prob=0.0)
+    inside, outside = box_masks(r.box, 16, 16)
+    assert torch.equal(torch.where(inside, x.flip(0), x), r.images)
+    assert outside.sum() == round(float(r.lam) * 256)
+
+
+def test_killed_then_resumed_moco_equals_uninterrupted(tiny_folder, tmp_path):
+    args = [f"--data={tiny_folder}", "--method=moco", "data.image_size=16", "backbone.cifar_stem=false",
+            "method.bn_splits=4", "method.queue_size=64", "method.mix=unmix", "train.batch_size=16",
+            "train.epochs=2", "train.ckpt_every_steps=2", "train.monitor=none", "train.precision=fp32",
+            "train.progress=false"]
+    reference, resumed = kill_and_resume(args, tmp_path, kill_after_step=4)
+    assert {"queue.keys", "queue.ptr", "key_backbone.conv1.weight"} <= set(reference["model"])
+    assert int(reference["model"]["queue.ptr"]) == reference["step"] * 16 % 64
+    assert_same_state(reference, resumed)
