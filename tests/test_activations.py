@@ -85,6 +85,13 @@ def test_bad_backbones_and_methods_get_one_line():
     with pytest.raises(UserError, match="does not run its backbone"):
         act.activation_maps(Bypass(_MapBackbone(torch.rand(1, 2, 3, 3))), images)
 
+    class Patches(_Method):
+        def embed(self, images):
+            return self.backbone(images.float().repeat(4, 1, 1, 1))
+
+    with pytest.raises(UserError, match="4 inputs for 1 images"):
+        act.activation_maps(Patches(_MapBackbone(torch.rand(4, 2, 3, 3))), images)
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_folder_module):

@@ -33,6 +33,8 @@ def _pick(images: Tensor, n: int, seed: int) -> Tensor:
 def _label(run: str, cfg: dict[str, Any]) -> str:
     method = cfg.get("method", {})
     extra = f", mix {method['mix']}" if method.get("mix") not in (None, "none") else ""
+    extra += f", approach {method['approach']}" if "approach" in method else ""
+    extra += ", masked" if method.get("masking") else ""
     return f"{Path(run).name}\n({method.get('name', '?')}{extra})"
 
 

@@ -42,8 +42,11 @@ def backbone_input(method: nn.Module, images: Tensor) -> Tensor:
             method.embed(images)
     finally:
         handle.remove()
-    require(bool(seen), f"method {type(method).__name__}'s embed() does not run its backbone "
-            "(e.g. the context-patch AE embeds patch codes): no single feature map to draw")
+    name = type(method).__name__
+    require(bool(seen), f"method {name}'s embed() does not run its backbone: no feature map to draw")
+    require(seen[0].shape[0] == images.shape[0],
+            f"method {name} runs its backbone on {seen[0].shape[0]} inputs for {images.shape[0]} images "
+            "(patches, as the context-patch AE): no single feature map per image to draw")
     return seen[0]
 
 
