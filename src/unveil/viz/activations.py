@@ -1,5 +1,7 @@
-"""Activation maps: where a trained encoder's last stage responds, drawn over the image (as the
-activation figures of the image-mixture papers, e.g. MoCo vs MoCo + Un-Mix vs an untrained encoder).
+"""Activation maps: where a trained encoder's last stage responds, drawn over the image, to compare
+encoders (e.g. MoCo vs MoCo + CutMix vs MixDet vs untrained), as the image-mixtures paper's
+Figure 4 ("attention maps of the final layer of our pre-trained encoders"; it does not say how the
+channels are reduced, so the reduction below is our choice).
 
 For each image: the backbone's last-stage feature map (``backbone(x, return_map=True)``, e.g.
 512 x 4 x 4 for a CIFAR-stem ResNet-18 at 32 px), **averaged over channels** (the post-ReLU
