@@ -81,13 +81,13 @@ def _simclr() -> nn.Module:
                            proj_hidden_dim=32, proj_dim=16))
 
 
-def _moco() -> nn.Module:
+def _moco(shuffle_bn: bool = False) -> nn.Module:
     from unveil.backbones import build_backbone
     from unveil.methods import build_method
 
     torch.manual_seed(0)
     method = build_method("moco", backbone=build_backbone("resnet18", cifar_stem=False), data_info=INFO,
-                          queue_size=32, shuffle_bn=False, bn_splits=1, temperature=0.5)
+                          queue_size=32, shuffle_bn=shuffle_bn, bn_splits=1, temperature=0.5)
     return _bn_eval(method)
 
 
@@ -131,6 +131,9 @@ def _worker(rank: int, world: int, port: int, images: Tensor, views: dict[str, l
         mv = [v[mine] for v in views["moco"]]
         r = [_step(method, model, images[mine], mv[:2]), _step(method, model, images[mine], mv[2:])]
         result["moco"] = {"steps": r, "queue": method.queue.keys.detach().clone(), "ptr": int(method.queue.ptr)}
+        method = _moco(shuffle_bn=True)  # the keys go through the global shuffle and back
+        model = DistributedDataParallel(method, broadcast_buffers=method.ddp_broadcast_buffers)
+        result["moco_shuffled"] = _step(method, model, images[mine], mv[:2])
 
     shuffles = []
     for seed in range(3):
@@ -203,6 +206,17 @@ def test_moco_two_ranks_equal_one_process_and_share_one_queue(two_ranks):
     assert _close(r0["queue"], method.queue.keys)
     assert not _close(r0["queue"][: 4 * B], start[: 4 * B])  # the steps did write keys
     assert torch.equal(r0["queue"][4 * B :], start[4 * B :])
+
+
+def test_moco_shuffle_bn_across_ranks_changes_nothing_with_batchnorm_in_eval(two_ranks):
+    """Shuffle-BN only changes which BatchNorm statistics a key sees: with BatchNorm in eval mode the
+    keys shuffled over both ranks and put back must give the unshuffled one-process loss."""
+    if not two_ranks["with_moco"]:
+        pytest.skip("method moco is not registered yet")
+    method = _moco()
+    ref = _step(method, method, two_ranks["images"], two_ranks["views"]["moco"][:2])
+    a, b = (r["moco_shuffled"] for r in two_ranks["ranks"])
+    assert _close((a["loss"] + b["loss"]) / 2, ref["loss"]), (a["loss"], b["loss"], ref["loss"])
 
 
 def test_shuffle_batch_is_global_and_undone(two_ranks):
