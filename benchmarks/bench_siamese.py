@@ -230,6 +230,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                    help="for compare; overhead runs at the first")
+    p.add_argument("--contiguous", action="store_true",
+                   help="compare: also unveil with train.channels_last=false (lightly's examples keep the default "
+                        "memory format), to separate the memory format from the rest of the step")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 on a shared box)")
     p.add_argument("--json", help="also write every round's raw figures here")
     p.add_argument("--md", help="also write the printed report here")
@@ -272,6 +275,12 @@ def main() -> None:
                     lc.name = f"lightly {kind} {precision}"
                     contenders += [c, lc]
                     pairs.append((c.name, lc.name))
+                    if args.contiguous:
+                        cc = make_engine(f"unveil {kind} {precision} contiguous",
+                                         _cfg(recipe, [*overrides, "train.channels_last=false"], batch, precision, tmp,
+                                              f"{kind}-{precision}-contiguous"), views)
+                        contenders.append(cc)
+                        pairs += [(cc.name, lc.name), (c.name, cc.name)]
             rounds, loads = interleave(contenders, args.rounds, args.steps, log)
             tables(f"MoCo v2 and BYOL steps on pre-made views, ResNet-18 CIFAR stem, 32 px, batch {batch}",
                    contenders, rounds, loads, pairs, log)
