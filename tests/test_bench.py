@@ -154,7 +154,8 @@ def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
         for p in planned:
             # Every row cites the paper's number, except our own controls (no pretraining), which say so.
             assert p.entry.paper_setting and p.evals
-            assert p.entry.paper or (p.cfg["train"]["epochs"] == 0 and "not in the paper" in p.entry.paper_setting)
+            assert p.entry.paper or (p.cfg["train"]["epochs"] == 0 and "not in the paper" in p.entry.paper_setting) \
+                or p.entry.paper_setting.startswith("not recovered")  # MSCN's lost trajectory numbers say so
             assert set(p.entry.paper) <= set(p.evals) | ({"finetune"} if "monitor" in p.evals else set())
             data = p.cfg["data"]["name"]
             if scale != "gpu":
