@@ -9,6 +9,14 @@ The method contract (the only thing the engine knows about a method):
   own views and corruptions, and returns ``{"loss": scalar, ...anything worth logging}``.
   (Training step = ``forward`` so that DistributedDataParallel can wrap the method.)
 * optional ``after_optimizer_step(step, total_steps)``: EMA targets, queues, momentum schedules.
+* optional ``reset_targets()``: copy the online weights into the momentum copies; the engine calls
+  it after loading ``train.init_backbone`` (so a target does not keep its random start).
+* optional class attribute ``ddp_broadcast_buffers = False``: buffers that are per rank by design,
+  or kept equal by the method itself (MoCo's gathered queue), are not overwritten by rank 0's.
+* optional ``eval_filter``: plain data describing an input filter applied at evaluation (MSCN's
+  high-pass); exports record it and the fine-tune applies it.
+* optional ``branch_views(images, generator) -> dict[str, Tensor]``: what each branch sees, for
+  ``unveil preview --recipe``.
 * optional class attribute ``needs_labels = True``: the method trains on labels (supervised), so
   the engine refuses a folder without class folders with one line.
 * optional ``param_groups() -> list[dict]``: ``{"params": [...], "lr_scale": 1.0, "weight_decay": True}``

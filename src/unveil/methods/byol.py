@@ -80,6 +80,12 @@ class BYOL(nn.Module):
         ema_update_(self.target_projector, self.projector, m)
 
     @torch.no_grad()
+    def reset_targets(self) -> None:
+        """The target restarts equal to the online network (after the engine loads init weights)."""
+        ema_update_(self.target_backbone, self.backbone, 0.0)
+        ema_update_(self.target_projector, self.projector, 0.0)
+
+    @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         return branch_views(self.views, self.masker, self.same_view, images, generator)
 

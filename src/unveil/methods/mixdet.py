@@ -188,6 +188,14 @@ class MixDet(nn.Module):
         if self.key_proj is not None:
             ema_update_(self.key_proj, self.proj, self.momentum)
 
+    @torch.no_grad()
+    def reset_targets(self) -> None:
+        """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
+        ema_update_(self.key_backbone, self.backbone, 0.0)
+        ema_update_(self.key_head, self.head, 0.0)
+        if self.key_proj is not None:
+            ema_update_(self.key_proj, self.proj, 0.0)
+
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:
             return all_params_decayed(self)

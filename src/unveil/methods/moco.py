@@ -182,6 +182,12 @@ class MoCo(nn.Module):
         ema_update_(self.key_backbone, self.backbone, self.momentum)
         ema_update_(self.key_head, self.head, self.momentum)
 
+    @torch.no_grad()
+    def reset_targets(self) -> None:
+        """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
+        ema_update_(self.key_backbone, self.backbone, 0.0)
+        ema_update_(self.key_head, self.head, 0.0)
+
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:
             return all_params_decayed(self)

@@ -194,6 +194,8 @@ def _build_model(run: _Run) -> None:
     method = build_method_for(run.cfg, run.dataset)
     if t["init_backbone"]:
         load_backbone_weights(method.backbone, t["init_backbone"])
+        if callable(getattr(method, "reset_targets", None)):
+            method.reset_targets()  # momentum copies (BYOL's target, MoCo's key encoder) start from the loaded weights
     if t["freeze_backbone"]:
         method.backbone.requires_grad_(False)
     method.to(run.device)
