@@ -41,3 +41,11 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, end: float
     if total_steps <= 0:
         return base
     return end - (end - base) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1) / 2
+
+
+@torch.no_grad()
+def copy_into_(target: nn.Module, online: nn.Module) -> None:
+    """``target`` becomes equal to ``online``, parameters and buffers (BN statistics) alike: a momentum
+    copy restarting from new online weights, as ``momentum_copy`` makes it at construction."""
+    for t, o in zip(target.state_dict().values(), online.state_dict().values(), strict=True):
+        t.copy_(o)

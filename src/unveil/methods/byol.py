@@ -19,7 +19,7 @@ from ..losses.byol import byol_loss
 from ..views import ViewPipeline, eval_transform, view_preset
 from . import DataInfo, register
 from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
-from ._siamese import cosine_momentum, ema_update_, mlp, momentum_copy
+from ._siamese import copy_into_, cosine_momentum, ema_update_, mlp, momentum_copy
 
 
 @register("byol", summary="online network predicts an EMA target's projection (normalised MSE); optional MSCN masks",
@@ -82,8 +82,8 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The target restarts equal to the online network (after the engine loads init weights)."""
-        ema_update_(self.target_backbone, self.backbone, 0.0)
-        ema_update_(self.target_projector, self.projector, 0.0)
+        copy_into_(self.target_backbone, self.backbone)
+        copy_into_(self.target_projector, self.projector)
 
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

@@ -33,7 +33,7 @@ from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
 from . import DataInfo, register
 from ._common import reject_unknown_settings
-from ._siamese import ema_update_, momentum_copy
+from ._siamese import copy_into_, ema_update_, momentum_copy
 from .moco import (
     all_params_decayed,
     check_batch_splits,
@@ -191,10 +191,10 @@ class MixDet(nn.Module):
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
-        ema_update_(self.key_backbone, self.backbone, 0.0)
-        ema_update_(self.key_head, self.head, 0.0)
+        copy_into_(self.key_backbone, self.backbone)
+        copy_into_(self.key_head, self.head)
         if self.key_proj is not None:
-            ema_update_(self.key_proj, self.proj, 0.0)
+            copy_into_(self.key_proj, self.proj)
 
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:

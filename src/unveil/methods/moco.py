@@ -25,7 +25,7 @@ from ..losses.infonce import KeyQueue, info_nce
 from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo, register
 from ._common import reject_unknown_settings
-from ._siamese import ema_update_, momentum_copy
+from ._siamese import copy_into_, ema_update_, momentum_copy
 
 # ---------------------------------------------------------------------------------------------
 # Shared by moco and mixdet
@@ -185,8 +185,8 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
-        ema_update_(self.key_backbone, self.backbone, 0.0)
-        ema_update_(self.key_head, self.head, 0.0)
+        copy_into_(self.key_backbone, self.backbone)
+        copy_into_(self.key_head, self.head)
 
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:
