@@ -199,6 +199,9 @@ def test_bad_settings_and_batch_not_divisible_by_splits_are_one_line():
     with pytest.raises(UserError) as err:
         method(images(12), torch.zeros(12, dtype=torch.long), torch.Generator().manual_seed(0))
     assert "\n" not in str(err.value) and "method.bn_splits=8" in str(err.value)
+    with pytest.raises(UserError) as err:  # 8 images in 8 splits: BatchNorm would see one image per split
+        method(images(8), torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert "\n" not in str(err.value) and "1 image per BatchNorm split" in str(err.value)
     for bad in ({"mix": "mixup"}, {"head": "conv"}, {"bn_split": 8}, {"queue_size": 0}, {"temperature": 0}):
         with pytest.raises(UserError) as err:
             tiny_moco(**bad)

@@ -65,6 +65,9 @@ def check_batch_splits(batch: int, bn_splits: int) -> None:
     (SplitBatchNorm's own error would surface as a stack trace from inside the backbone)."""
     require(batch % bn_splits == 0, f"batch of {batch} images per process is not a multiple of method.bn_splits="
             f"{bn_splits}: set train.batch_size to a multiple of {bn_splits}, or method.bn_splits=1 (plain BatchNorm)")
+    require(batch // bn_splits >= 2, f"batch of {batch} images per process in method.bn_splits={bn_splits} leaves "
+            f"{batch // bn_splits} image per BatchNorm split (its statistics need 2 or more): raise train.batch_size "
+            f"to {2 * bn_splits} or more, or lower method.bn_splits")
 
 
 def make_key_encoder(backbone: nn.Module, head: nn.Module, bn_splits: int) -> tuple[nn.Module, nn.Module]:

@@ -12,6 +12,7 @@ then the monitor, so a failing monitor loses nothing).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import sys
 import time
@@ -212,8 +213,11 @@ def _build_model(run: _Run) -> None:
         ids = [dist.local_rank()] if run.device.type == "cuda" else None
         # methods whose buffers differ per rank by design (or are kept equal by the method, as MoCo's
         # gathered queue) say so: DDP would otherwise overwrite them with rank 0's every step
-        model = DistributedDataParallel(method, device_ids=ids,
-                                        broadcast_buffers=getattr(method, "ddp_broadcast_buffers", True))
+        sync = getattr(method, "ddp_broadcast_buffers", True)
+        # torch >= 2.14 names it forward_sync_buffers (buffers still agree at start: the same seed)
+        key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+        model = DistributedDataParallel(method, device_ids=ids, **{key: sync})
     run.method, run.model = method, model
     run.step_fn = torch.compile(model) if t["compile"] else model
 
