@@ -106,7 +106,7 @@ _MOCO_KNOWN = ("head, proj_dim, proj_hidden_dim, momentum, queue_size, temperatu
                "shuffle_bn, mix, unmix_prob, beta, reverse_term, weight_decay_all, views, view_preset_name")
 
 
-@register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix | unmix adds Un-Mix's within-batch mixing "
+@register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix or unmix adds Un-Mix's within-batch mixing "
           "(paper 5's base and its MoCo + CutMix / + Un-Mix baselines)", paper="He et al. 2020; Shen et al. 2022 (Un-Mix)")
 class MoCo(nn.Module):
     """MoCo with an optional Un-Mix / CutMix mixed-query term (methods.md 5.1, 5.2, 5.5)."""
