@@ -80,7 +80,8 @@ def methods_table() -> str:
     for name in sorted(n for n in METHODS if not n.startswith("_")):
         summary, paper = ABOUT.get(name, ("", ""))
         shipped = ", ".join(f"`{r}`" for r in recipes.get(name, [])) or "-"
-        lines.append(f"| `{name}` | {summary} | {paper or '-'} | {shipped} |")
+        cell = summary.replace("|", "\\|")  # a '|' in a summary would split the Markdown cell
+        lines.append(f"| `{name}` | {cell} | {paper or '-'} | {shipped} |")
     return "\n".join(lines)
 
 
