@@ -23,7 +23,7 @@ The method contract (the only thing the engine knows about a method):
   per group (every trainable parameter in exactly one); the schedule multiplies each group's
   ``lr_scale``, ``weight_decay: False`` exempts a group (and LARS skips it). Without it, norms,
   biases, 1-d parameters and names a module lists in ``no_weight_decay()`` (timm's convention) get
-  no weight decay (``unveil.train.optim.default_param_groups`` builds these for a submodule).
+  no weight decay (``unveil.param_groups.default_param_groups`` builds these for a submodule).
 * ``embed(images) -> Tensor``: features for kNN / linear evaluation from a uint8 batch
   (the method applies its own deterministic evaluation transform).
 """

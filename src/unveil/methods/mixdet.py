@@ -31,6 +31,7 @@ from ..corruptions.mixing import (
 )
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
+from ..param_groups import default_param_groups
 from . import DataInfo, register
 from ._common import reject_unknown_settings
 from ._siamese import copy_into_, ema_update_, momentum_copy
@@ -199,8 +200,6 @@ class MixDet(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:
             return all_params_decayed(self)
-        from ..train.optim import default_param_groups
-
         return default_param_groups(self)
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from ..backbones.split_bn import split_batchnorm
 from ..corruptions.mixing import unmix
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
+from ..param_groups import default_param_groups
 from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo, register
 from ._common import reject_unknown_settings
@@ -194,8 +195,6 @@ class MoCo(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         if self.weight_decay_all:
             return all_params_decayed(self)
-        from ..train.optim import default_param_groups
-
         return default_param_groups(self)
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import require
+from ..param_groups import default_param_groups, no_weight_decay_names  # noqa: F401 (re-exported)
 
 
 class LARS(torch.optim.Optimizer):
@@ -50,33 +51,6 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(group["momentum"]).add_(grad)
                 p.add_(buf, alpha=-group["lr"])
         return loss
-
-
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Full names of parameters that modules declare exempt from weight decay.
-
-    Follows timm's convention: a module's ``no_weight_decay()`` returns names (relative to that
-    module) such as ``pos_embed`` and ``cls_token``."""
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        declared = getattr(module, "no_weight_decay", None)
-        if callable(declared):
-            names |= {f"{prefix}.{n}" if prefix else n for n in declared()}
-    return names
-
-
-def default_param_groups(model: nn.Module, lr_scale: float = 1.0, prefix: str = "") -> list[dict[str, Any]]:
-    """Two groups: weights with decay; biases, norms, other 1-d parameters and declared exemptions
-    (``no_weight_decay()``) without. Parameter order follows ``model.named_parameters()``."""
-    exempt = no_weight_decay_names(model)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in exempt else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": True, "lr_scale": lr_scale, "name": f"{prefix}decay"},
-        {"params": no_decay, "weight_decay": False, "lr_scale": lr_scale, "name": f"{prefix}no_decay"},
-    ]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
