@@ -51,12 +51,11 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import Contender, _autocast, _Batches, cpu_description, spread  # noqa: E402
+from bench_train import Contender, _autocast, cpu_description, engine_step, spread  # noqa: E402
 
 from unveil.build import build_method_for  # noqa: E402
 from unveil.config import resolve  # noqa: E402
 from unveil.data import load_data  # noqa: E402
-from unveil.train.optim import lr_at  # noqa: E402
 
 SGD = {"lr": 0.06, "momentum": 0.9, "weight_decay": 5e-4}
 MATCHED = {  # the unveil side of "compare": recipe + the settings that match lightly's examples
@@ -108,19 +107,7 @@ def make_engine(name: str, cfg: dict, views: list[Tensor] | None = None) -> Cont
     run = engine.prepare(cfg)
     if views is not None:
         run.method.views = _CycleViews(views)
-    after_step = getattr(run.method, "after_optimizer_step", None)
-    batches = _Batches(run.batches)
-    run.model.train()
-
-    def step() -> None:
-        images, labels = batches.next()
-        lr = lr_at(run.step % run.total_steps, run.total_steps, run.steps_per_epoch, run.base_lr, run.t)
-        engine.train_step(run, images.to(run.device), labels.to(run.device), lr)
-        run.step += 1
-        if after_step is not None:
-            after_step(run.step, run.total_steps)
-
-    c = Contender(name, run.batch_size, step)
+    c = Contender(name, run.batch_size, engine_step(run))
     c.precision = run.precision  # type: ignore[attr-defined]
     return c
 

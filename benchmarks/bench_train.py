@@ -139,6 +139,15 @@ def make_unveil(cfg: dict, precision: str, batch: int, tmp: Path) -> Contender:
                "train": {**cfg["train"], "precision": precision, "device": "cpu", "monitor": "none", "progress": False}}
     run = engine.prepare(run_cfg)
     assert run.precision == precision and run.batches.batch_size == batch
+    return Contender(f"unveil {precision}", batch, engine_step(run))
+
+
+def engine_step(run) -> Callable[[], None]:  # noqa: ANN001 - an engine run (engine.prepare)
+    """One training step of a prepared run as ``engine._loop`` makes it (next seeded batch, the
+    scheduled lr, ``engine.train_step``, the method's ``after_optimizer_step``), minus logging and
+    checkpoints; the run is put in train mode."""
+    from unveil.train import engine
+
     after_step = getattr(run.method, "after_optimizer_step", None)
     batches = _Batches(run.batches)
     run.model.train()
@@ -151,7 +160,7 @@ def make_unveil(cfg: dict, precision: str, batch: int, tmp: Path) -> Contender:
         if after_step is not None:
             after_step(run.step, run.total_steps)
 
-    return Contender(f"unveil {precision}", batch, step)
+    return step
 
 
 def make_views(cfg: dict, dataset, batch: int) -> Contender:

@@ -31,18 +31,17 @@ from ..corruptions.mixing import (
 )
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
-from ..param_groups import default_param_groups
 from . import DataInfo, register
 from ._common import reject_unknown_settings
 from ._siamese import copy_into_, ema_update_, momentum_copy
 from .moco import (
-    all_params_decayed,
     check_batch_splits,
     check_moco_settings,
     embed_features,
     key_embed,
     make_key_encoder,
     moco_head,
+    moco_param_groups,
     moco_views,
 )
 
@@ -198,9 +197,7 @@ class MixDet(nn.Module):
             copy_into_(self.key_proj, self.proj)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        if self.weight_decay_all:
-            return all_params_decayed(self)
-        return default_param_groups(self)
+        return moco_param_groups(self, self.weight_decay_all)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -90,9 +90,12 @@ def key_embed(key_backbone: nn.Module, key_head: nn.Module, x: Tensor, generator
     return dist.unshuffle_batch(key_head(key_backbone(shuffled)), unshuffle)
 
 
-def all_params_decayed(module: nn.Module) -> list[dict[str, Any]]:
-    """One group, weight decay on every trainable parameter (the MoCo / mix-ssl code passes
-    ``model.parameters()`` to SGD with weight_decay; BN and biases included)."""
+def moco_param_groups(module: nn.Module, weight_decay_all: bool) -> list[dict[str, Any]]:
+    """``weight_decay_all``: one group, weight decay on every trainable parameter (the MoCo / mix-ssl
+    code passes ``model.parameters()`` to SGD with weight_decay; BN and biases included); else the
+    library's default groups (norms, biases exempt)."""
+    if not weight_decay_all:
+        return default_param_groups(module)
     return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]
 
 
@@ -193,9 +196,7 @@ class MoCo(nn.Module):
         copy_into_(self.key_head, self.head)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        if self.weight_decay_all:
-            return all_params_decayed(self)
-        return default_param_groups(self)
+        return moco_param_groups(self, self.weight_decay_all)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
