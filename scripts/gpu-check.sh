@@ -8,6 +8,9 @@
 # git-ignored folder of the repo (e.g. .gpu-data/cifar10, listed in .git/info/exclude) and `carry` it.
 # Suites run in the order below, each under what is left of the budget (`timeout`); a suite stopped by
 # the budget keeps every finished entry in its results.md (suites resume, so rerunning continues).
+# Python: .venv/bin/python if the checkout has one, else python3; unveil is installed (`pip install -e .`) when
+# it cannot be imported -- a machine without network needs torch/torchvision and unveil's dependencies
+# installed already (or a carried wheelhouse: PIP_FIND_LINKS=DIR PIP_NO_INDEX=1).
 # Everything lands under --out: env.txt (machine, torch, GPU), one folder per suite (results.md/.csv,
 # per-entry times in bench_timings.json), summary.md (tables + wall times).
 set -euo pipefail
@@ -22,7 +25,7 @@ while [ $# -gt 0 ]; do
     --tiny) tiny=1; shift ;;
     --device) device="$2"; shift 2 ;;
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
