@@ -228,3 +228,14 @@ def test_killed_then_resumed_moco_equals_uninterrupted(tiny_folder, tmp_path):
     assert {"queue.keys", "queue.ptr", "key_backbone.conv1.weight"} <= set(reference["model"])
     assert int(reference["model"]["queue.ptr"]) == reference["step"] * 16 % 64
     assert_same_state(reference, resumed)
+
+
+def test_embed_head_gives_paper_5s_kNN_features():
+    """method.embed=head: the query head's 128-d output (paper 5's kNN monitor), else backbone features."""
+    x = images(8)
+    backbone_feats = tiny_moco(bn_splits=1).eval().embed(x)
+    head_feats = tiny_moco(bn_splits=1, embed="head").eval().embed(x)
+    assert head_feats.shape == (8, 128) and backbone_feats.shape[1] != 128
+    with pytest.raises(UserError) as err:
+        tiny_moco(embed="projection")
+    assert "method.embed must be backbone or head" in str(err.value)

@@ -36,6 +36,7 @@ from ._common import reject_unknown_settings
 from ._siamese import copy_into_, ema_update_, momentum_copy
 from .moco import (
     check_batch_splits,
+    check_embed,
     check_moco_settings,
     embed_features,
     key_embed,
@@ -57,7 +58,7 @@ def box_pool(proj_map: Tensor, box: Tensor, size: tuple[int, int]) -> tuple[Tens
     return F.normalize(local, dim=1), F.normalize(glob, dim=1)
 
 
-_KNOWN = ("approach, pairing, independent_boxes, lam, key_projection, head, proj_dim, proj_hidden_dim, momentum, "
+_KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, head, proj_dim, proj_hidden_dim, momentum, "
           "queue_size, temperature, bn_splits, shuffle_bn, beta, weight_decay_all, views, view_preset_name")
 
 
@@ -74,9 +75,10 @@ class MixDet(nn.Module):
                  head: str = "linear", proj_dim: int = 128, proj_hidden_dim: int = 2048, momentum: float = 0.99,
                  queue_size: int = 4096, temperature: float = 0.1, bn_splits: int = 8, shuffle_bn: bool = True,
                  beta: float = 1.0, weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, **unknown: Any):
+                 view_preset_name: str | None = None, embed: str = "backbone", **unknown: Any):
         super().__init__()
         reject_unknown_settings(unknown, "mixdet", _KNOWN)
+        self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, False)
         require(approach in (1, 2) and not isinstance(approach, bool), f"method.approach must be 1 or 2, got {approach!r}")
         require(pairing in ("semantic", "code"), f"method.pairing must be semantic or code, got {pairing!r}")
@@ -201,7 +203,7 @@ class MixDet(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        return embed_features(self.backbone, self.data_info, images)
+        return embed_features(self.backbone, self.head, self.data_info, images, self.embed_from)
 
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

@@ -99,14 +99,22 @@ def moco_param_groups(module: nn.Module, weight_decay_all: bool) -> list[dict[st
     return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]
 
 
-def embed_features(backbone: nn.Module, data_info: DataInfo, images: Tensor) -> Tensor:
-    """Backbone features under the deterministic evaluation transform (as simclr)."""
-    return backbone(eval_transform(images, data_info.image_size, data_info.mean, data_info.std))
+def embed_features(backbone: nn.Module, head: nn.Module, data_info: DataInfo, images: Tensor, which: str) -> Tensor:
+    """Evaluation features under the deterministic evaluation transform: the backbone's pooled
+    features (``which="backbone"``, unveil's default for every method) or the query head's output
+    (``"head"``: the 128-d vector paper 5's kNN monitor uses, methods.md 5.1)."""
+    pooled = backbone(eval_transform(images, data_info.image_size, data_info.mean, data_info.std))
+    return head(pooled) if which == "head" else pooled
+
+
+def check_embed(which: object) -> str:
+    require(which in ("backbone", "head"), f"method.embed must be backbone or head, got {which!r}")
+    return str(which)
 
 
 # ---------------------------------------------------------------------------------------------
 
-_MOCO_KNOWN = ("head, proj_dim, proj_hidden_dim, momentum, queue_size, temperature, symmetric, bn_splits, "
+_MOCO_KNOWN = ("head, embed, proj_dim, proj_hidden_dim, momentum, queue_size, temperature, symmetric, bn_splits, "
                "shuffle_bn, mix, unmix_prob, beta, reverse_term, weight_decay_all, views, view_preset_name")
 
 
@@ -122,9 +130,10 @@ class MoCo(nn.Module):
                  temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
                  mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
                  weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, **unknown: Any):
+                 view_preset_name: str | None = None, embed: str = "backbone", **unknown: Any):
         super().__init__()
         reject_unknown_settings(unknown, "moco", _MOCO_KNOWN)
+        self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, symmetric)
         require(mix in ("none", "cutmix", "unmix"), f"method.mix must be none, cutmix or unmix, got {mix!r}")
         require(isinstance(unmix_prob, (int, float)) and 0 <= unmix_prob <= 1,
@@ -200,7 +209,7 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        return embed_features(self.backbone, self.data_info, images)
+        return embed_features(self.backbone, self.head, self.data_info, images, self.embed_from)
 
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
