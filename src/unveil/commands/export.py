@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -24,4 +25,7 @@ def run(args: argparse.Namespace) -> int:
     export_backbone(method.backbone, out, {**cfg, "backbone": spec or cfg["backbone"]},
                     eval_filter=getattr(method, "eval_filter", None))
     print(f"unveil: exported {type(method.backbone).__name__} weights to {out}")
+    if getattr(method, "eval_filter", None):
+        print(f"unveil: this encoder was trained on filtered inputs ({json.dumps(method.eval_filter)}, recorded in the "
+              f"file's metadata): apply unveil.export.input_filter('{out}') to normalised images before it")
     return 0
