@@ -191,3 +191,15 @@ def test_preview_recipe_rows(tiny_folder_module, tmp_path, capsys):
                      str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no branch_views()" in err, err
+
+
+def test_a_one_by_one_map_is_refused_in_one_line():
+    """A standard-stem ResNet-18 at 32 px ends in a 1x1 map: every 'map' would be flat."""
+    from unveil.backbones import build_backbone
+    from unveil.methods import DataInfo, build_method
+
+    method = build_method("simclr", backbone=build_backbone("resnet18", cifar_stem=False),
+                          data_info=DataInfo("cifar10", 10, 32)).eval()
+    with pytest.raises(UserError) as err:
+        act.activation_maps(method, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert "1x1" in str(err.value) and "\n" not in str(err.value)

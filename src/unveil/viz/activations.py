@@ -63,6 +63,9 @@ def activation_maps(method: nn.Module, images: Tensor) -> Tensor:
                         "(no return_map): no activation map to draw") from None
     fmap = out[1].float()
     require(fmap.ndim == 4, f"backbone feature map has shape {tuple(fmap.shape)}, expected (B, C, h, w)")
+    require(fmap.shape[-2] * fmap.shape[-1] > 1,
+            f"the last feature map is 1x1 for {tuple(x.shape[-2:])} px inputs (a standard-stem ResNet at 32 px): a map "
+            "has nothing to show; use a run with backbone.cifar_stem=true or larger images")
     m = fmap.mean(dim=1)
     lo = m.flatten(1).min(dim=1).values.view(-1, 1, 1)
     hi = m.flatten(1).max(dim=1).values.view(-1, 1, 1)
