@@ -25,6 +25,16 @@ def _threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny tensors: 2 OpenMP threads on a loaded 2-core box cost ~7x
+    (mixdet step test 9.3 s with 2 threads vs 1.4 s with 1, load average 6.8, 2-core AMD EPYC, 2026-11-30)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def cifar10_dir() -> Path:
     if not (SHARED_CIFAR10 / "train.parquet").is_file():
         pytest.skip(f"CIFAR-10 Parquet files not found at {SHARED_CIFAR10} (set UNVEIL_CIFAR10)")

@@ -20,14 +20,7 @@ INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
 LABELS = torch.zeros(B, dtype=torch.long)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: 2 OpenMP threads on a loaded 2-core box cost ~7x (mixdet step test 9.3 s with 2
-    # threads vs 1.4 s with 1, load average 6.8, 2-core AMD EPYC box, 2026-11-30)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def tiny_mixdet(**kw) -> nn.Module:
