@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from killresume import assert_same_state, kill_and_resume
+from tinynet import TinyNet
 from torch import nn
 
 from unveil.config import resolve
@@ -16,20 +17,6 @@ from unveil.methods._siamese import cosine_momentum
 from unveil.train.optim import build_optimizer
 
 INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
-
-
-class TinyNet(nn.Module):
-    """A few-thousand-parameter encoder so every step runs in milliseconds on CPU."""
-
-    num_features = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def tiny_byol(**kw) -> nn.Module:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from tinynet import TinyNet
 from torch import nn
 
 from unveil.build import build_method_for
@@ -24,20 +25,6 @@ INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
 # Noise, focal and channel-wise masks on, high-pass sigma 1 (the CIFAR recipes' value).
 MASKING = {"num_masks": 2, "high_pass_sigma": 1.0, "high_pass_kernel": 7,
            "branch_a": {"p_focal": 0.4, "p_ind": 0.8}, "branch_b": {"p_apply": 0.5}}
-
-
-class TinyNet(nn.Module):
-    num_features = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.rows_seen: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows_seen.append(x.shape[0])
-        return self.net(x)
 
 
 def make(name: str, **kw) -> nn.Module:
