@@ -41,6 +41,8 @@ def backbone_config(backbone: dict[str, Any], image_size: int) -> tuple[dict[str
     stem (their builder defaults to it, e.g. the RR patch towers) keep it."""
     spec = dict(backbone)
     name, stem = spec.get("name"), spec.get("cifar_stem", "auto")
+    if name and _takes(name, "img_size"):  # a ViT: its size and patches follow the data
+        return _vit_config(spec, image_size)
     if not name or "cifar_stem" not in spec:
         return spec, ""
     if stem == "auto":
@@ -59,6 +61,31 @@ def backbone_config(backbone: dict[str, Any], image_size: int) -> tuple[dict[str
                "resolution at ~8x the compute")
         return spec, f"{name} with the {'CIFAR stem (3x3/1, no max-pool)' if stem else 'standard stem (7x7/2 + max-pool)'}, auto: {why}"
     return spec, f"{name} with the {'CIFAR' if stem else 'standard'} stem (backbone.cifar_stem={str(bool(stem)).lower()})"
+
+
+def _takes(name: str, argument: str) -> bool:
+    import inspect
+
+    from .backbones import backbone_builder
+
+    return argument in inspect.signature(backbone_builder(name)).parameters
+
+
+def _vit_config(spec: dict[str, Any], image_size: int) -> tuple[dict[str, Any], str]:
+    """A ViT's image size is the data's; ``patch_size: auto`` becomes pixels (the spec is what
+    exports record, so the timm model is rebuilt from it); the CIFAR-stem default does not apply."""
+    from .backbones.vit import auto_patch_size
+
+    if spec.get("cifar_stem", "auto") != "auto":
+        raise UserError(f"backbone.cifar_stem does not apply to {spec['name']} (a ViT): remove it")
+    spec.pop("cifar_stem", None)
+    if spec.get("img_size", "auto") in ("auto", None):
+        spec["img_size"] = image_size
+    if spec.get("patch_size", "auto") == "auto":
+        spec["patch_size"] = auto_patch_size(int(spec["img_size"]))
+    size, patch = spec["img_size"], spec["patch_size"]
+    grid = f"{size // patch}x{size // patch}" if isinstance(patch, int) and patch > 0 else "?"
+    return spec, f"{spec['name']} on {size} px images: {grid} patches of {patch} px (backbone.patch_size)"
 
 
 def build_method_for(cfg: dict[str, Any], dataset=None, dataset_info: dict | None = None) -> nn.Module:
