@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="" out="runs/gpu-check" budget=480 tiny=0 device=""
-suites=(mixtures masked-siamese)
+suites=(mixtures masked-siamese masked-modelling)
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) data="$2"; shift 2 ;;

@@ -2,7 +2,8 @@
 
 ResNet backbones are torchvision's ``ResNet`` with ``fc = Identity``, so the file loads into
 ``torchvision.models.resnet18()`` with ``strict=True`` after the same two edits (see
-``torchvision_model``); ``metadata`` records the architecture, so any exported encoder (the
+``torchvision_model``); ViTs are timm's ``VisionTransformer`` and load into ``timm.create_model`` the same way
+(``timm_model``); ``metadata`` records the architecture, so any exported encoder (the
 autoencoders' ResNet encoders and patch towers too) is rebuilt by ``load_backbone``.
 
 A model trained on filtered inputs (MSCN's high-pass) must see them filtered at evaluation too:
@@ -113,6 +114,24 @@ def torchvision_model(path: str | Path) -> nn.Module:
         model.maxpool = nn.Identity()
     model.load_state_dict(read_backbone_state(path), strict=True)
     return model
+
+
+def timm_model(path: str | Path) -> nn.Module:
+    """A plain ``timm`` VisionTransformer (``num_classes=0``) holding an exported ViT, loaded strictly."""
+    import timm
+
+    from .backbones.vit import TIMM_NAMES
+
+    meta = read_metadata(path)
+    bb = json.loads(meta.get("backbone", "{}"))
+    size = str(bb.get("name", "")).removeprefix("vit_")
+    require(size in TIMM_NAMES, f"{path} holds a '{bb.get('name')}' backbone, not a ViT; see torchvision_model")
+    require(isinstance(bb.get("img_size"), int) and isinstance(bb.get("patch_size"), int),
+            f"{path} does not record the ViT's image and patch size: export it again with `unveil export RUN`")
+    model = timm.create_model(TIMM_NAMES[size], pretrained=False, img_size=bb["img_size"],
+                              patch_size=bb["patch_size"], depth=int(bb.get("depth", 12)), num_classes=0)
+    model.load_state_dict(read_backbone_state(path), strict=True)
+    return model.eval()
 
 
 def load_backbone(path: str | Path) -> nn.Module:

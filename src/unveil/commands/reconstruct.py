@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     images = _test_images(dataset, args.n, args.seed)
     reconstruction_grid(method, images, torch.Generator().manual_seed(args.seed), args.output)
     print(f"wrote {args.output}")
+    if getattr(method, "norm_pix_loss", False):
+        print("unveil: rows: masked input | reconstruction | original. The model predicts each masked patch's "
+              "normalised pixels (norm_pix_loss), drawn with the true patch's mean and variance (as MAE's figures "
+              "do): the shapes inside a patch are the model's, its mean colour and contrast are not")
     return 0
 
 
@@ -41,7 +45,7 @@ def register(subparsers: Any) -> None:
         "reconstruct", help="figure of clean | corrupted | reconstructed test images of an autoencoder run",
         description="Rows: clean, corrupted (if the method corrupts its input) and reconstructed test images.",
     )
-    p.add_argument("run_dir", help="run directory (or .ckpt file) of a denoising_ae / context_patch_ae run")
+    p.add_argument("run_dir", help="run directory (or .ckpt file) of a denoising_ae, context_patch_ae, mae or mvmae run")
     p.add_argument("-o", "--output", default="recon.png", help="image file to write (default recon.png)")
     p.add_argument("--n", type=int, default=8, help="number of images (columns), default 8")
     p.add_argument("--seed", type=int, default=0, help="seed for the image choice and the corruption")

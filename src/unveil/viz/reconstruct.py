@@ -2,7 +2,9 @@
 
 Rows as the overlay paper's Figure 4: clean | corrupted | reconstruction (the context-patch AE has
 no corrupted input, so its figure is clean | reconstruction, every patch rebuilt from its context).
-Works with any method that has ``reconstruct(images_uint8, generator) -> (clean, corrupted|None, recon)``.
+Works with any method that has ``reconstruct(images_uint8, generator)`` returning rows in the order to
+draw them: ``(clean, corrupted|None, recon)`` for the autoencoders, ``(masked, recon, original)`` for
+MAE and MV-MAE (MAE's figure).
 """
 
 from __future__ import annotations
