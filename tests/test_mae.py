@@ -93,6 +93,19 @@ def test_encoder_sees_only_the_visible_patches() -> None:
     assert torch.allclose(vit(x), vit.forward_tokens(x)[:, 0])
 
 
+def test_sincos_position_embedding_matches_an_independent_mae_implementation() -> None:
+    """lightly's port of MAE's get_2d_sincos_pos_embed (the bench extra), as a second opinion."""
+    lightly_utils = pytest.importorskip("lightly.models.utils")
+    from unveil.backbones.vit import sincos_pos_embed
+
+    for dim, grid in ((192, 8), (128, 14)):
+        theirs = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        lightly_utils.initialize_2d_sine_cosine_positional_embedding(theirs, has_class_token=True)
+        assert torch.allclose(sincos_pos_embed(dim, grid), theirs, atol=1e-6)
+    vit = build_backbone("vit_tiny", img_size=32, patch_size=4, depth=1)
+    assert torch.equal(vit.pos_embed.data, sincos_pos_embed(192, 8))
+
+
 # --- the loss ------------------------------------------------------------------------------------
 
 def test_masked_patch_loss_counts_only_masked_patches_and_matches_hand_norm_pix_mse() -> None:
