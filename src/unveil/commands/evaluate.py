@@ -38,25 +38,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--epochs", type=int, default=100)
     lin.add_argument("--lr", type=float, default=1e-3)
     lin.add_argument("--batch-size", type=int, default=256)
-    lin.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    lin.add_argument("--optimizer", choices=("adam", "sgd", "lars"), default="adam")
     lin.add_argument("--weight-decay", type=float, default=0.0)
     lin.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
                      help="standardise the features with the train statistics (default); the RR protocol does not")
     lin.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                      help="learning-rate schedule (RR protocol: constant)")
+    lin.add_argument("--head-bn", action=argparse.BooleanOptionalAction, default=False,
+                     help="BatchNorm1d without affine parameters before the linear head (MAE's linear probe: "
+                     "--head-bn --optimizer lars --lr 0.1 --no-standardize)")
     lin.add_argument("--device", default="auto")
     lin.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     lin.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                      help="also score the untrained encoder the run started from, same data and protocol")
     lin.set_defaults(func=run_linear)
 
-    ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
+    ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head",
+                          description="Fine-tune the encoder + a linear head. --protocol auto picks vit for a ViT "
+                          "run (AdamW, lr 5e-4 x batch/256, wd 0.05, layer decay 0.75, drop path 0.1, mixup 0.8, "
+                          "CutMix 1.0, label smoothing 0.1, warm-up 5 epochs or 10 %% of them below 50) and "
+                          "convnet otherwise (SGD 0.01, wd 1e-4, nothing else); every option given overrides "
+                          "the protocol's value.")
     ft.add_argument("run")
     ft.add_argument("--epochs", type=int, default=20)
-    ft.add_argument("--lr", type=float, default=0.01)
+    ft.add_argument("--protocol", choices=("auto", "convnet", "vit"), default="auto",
+                    help="the preset for the options not given (auto: vit for a ViT run, else convnet)")
+    ft.add_argument("--lr", type=float, default=None, help="absolute lr (default: the protocol's)")
     ft.add_argument("--batch-size", type=int, default=256)
-    ft.add_argument("--optimizer", choices=("sgd", "adamw", "adam", "lars"), default="sgd")
-    ft.add_argument("--weight-decay", type=float, default=1e-4)
+    ft.add_argument("--optimizer", choices=("sgd", "adamw", "adam", "lars"), default=None)
+    ft.add_argument("--weight-decay", type=float, default=None)
+    ft.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (ViT; 1 = off)")
+    ft.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (ViT)")
+    ft.add_argument("--mixup", type=float, default=None, help="mixup alpha (0 = off)")
+    ft.add_argument("--cutmix", type=float, default=None, help="CutMix alpha (0 = off)")
+    ft.add_argument("--label-smoothing", type=float, default=None)
+    ft.add_argument("--warmup-epochs", type=float, default=None)
+    ft.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also fine-tune the untrained encoder the run started from, same data and settings")
     ft.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="random-resized crops + flips while fine-tuning (default); --no-augment trains on the "
                     "test view, as the overlay paper's fine-tune")
@@ -101,16 +119,20 @@ def run_linear(args: argparse.Namespace) -> int:
     _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device,
                            standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data,
-                           baseline=args.baseline))
+                           baseline=args.baseline, head_bn=args.head_bn))
     return 0
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ..eval.protocols import evaluate_finetune
+    from ..eval.protocols import check_settings, evaluate_finetune
 
-    for name in ("epochs", "lr", "batch_size"):
+    for name in ("epochs", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    _print(evaluate_finetune(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             optimizer=args.optimizer, weight_decay=args.weight_decay, overrides=args.overrides,
-                             augment=args.augment, eval_data=args.eval_data))
+    if args.lr is not None:
+        _positive("lr", args.lr)
+    options = {k: getattr(args, k) for k in ("lr", "optimizer", "weight_decay", "protocol", "layer_decay",
+                                              "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs")}
+    check_settings("finetune", options)
+    _print(evaluate_finetune(args.run, epochs=args.epochs, batch_size=args.batch_size, overrides=args.overrides,
+                             augment=args.augment, eval_data=args.eval_data, baseline=args.baseline, **options))
     return 0

@@ -101,6 +101,10 @@ def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, A
     bound.apply_defaults()
     args = {k: v for k, v in bound.arguments.items() if k not in _NOT_SETTINGS}
     state, cfg = _summary(run)
+    if kind == "finetune":
+        args = finetune_settings(args, cfg)
+    elif kind == "linear" and not args.get("head_bn"):
+        args.pop("head_bn", None)  # records made before head_bn existed stay valid
     return _record(kind, args, state, cfg)
 
 
@@ -116,10 +120,23 @@ def check_settings(kind: str, settings: dict[str, Any]) -> None:
                 f"linear.schedule must be one of {', '.join(SCHEDULES)}, got {settings.get('schedule')!r}")
         require(settings.get("optimizer", "adam") in OPTIMIZERS,
                 f"linear.optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.get('optimizer')!r}")
+        require(isinstance(settings.get("head_bn", False), bool),
+                f"linear.head_bn must be true or false, got {settings.get('head_bn')!r}")
     if kind == "finetune":
         choices = ("sgd", "lars", "adamw", "adam")
-        require(settings.get("optimizer", "sgd") in choices,
+        require(settings.get("optimizer") in (None, *choices),
                 f"finetune.optimizer must be one of {', '.join(choices)}, got {settings.get('optimizer')!r}")
+        require(settings.get("protocol", "auto") in FINETUNE_PROTOCOLS,
+                f"finetune.protocol must be one of {', '.join(FINETUNE_PROTOCOLS)}, got {settings.get('protocol')!r}")
+        for key in ("lr", "weight_decay", "layer_decay", "drop_path", "mixup", "cutmix", "label_smoothing",
+                    "warmup_epochs"):
+            value = settings.get(key)
+            require(value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0),
+                    f"finetune.{key} must be a number >= 0 (or null: the protocol's value), got {value!r}")
+        for key in ("layer_decay", "drop_path", "label_smoothing"):
+            value = settings.get(key)
+            require(value is None or value <= 1, f"finetune.{key} must be at most 1, got {value!r}")
+        require(settings.get("layer_decay") != 0, "finetune.layer_decay must be > 0 (null: the protocol's value)")
 
 
 def _unlabelled(run_dir: Path, what: str) -> str:
@@ -271,39 +288,45 @@ def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device
 
 
 def linear_protocol_name(epochs: int, lr: float, batch_size: int, optimizer: str, weight_decay: float,
-                         standardize: bool, schedule: str) -> str:
+                         standardize: bool, schedule: str, head_bn: bool = False) -> str:
     """'RR' when the settings are the RR linear evaluation (Patacchiola & Storkey), else a plain description."""
-    if (epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule) == (100, 1e-3, 128, "adam", 0.0,
-                                                                                     False, "constant"):
+    if (epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn) == (
+            100, 1e-3, 128, "adam", 0.0, False, "constant", False):
         return "RR linear evaluation (raw features, Adam 1e-3 constant, batch 128, 100 epochs)"
-    return (f"linear probe on {'standardised' if standardize else 'raw'} features, {optimizer} {lr:g} "
+    return (f"linear probe on {'standardised' if standardize else 'raw'} features"
+            f"{', BatchNorm (no affine) before the head' if head_bn else ''}, {optimizer} {lr:g} "
             f"{schedule}, batch {batch_size}, {epochs} epochs")
 
 
 def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_size: int = 256,
                     optimizer: str = "adam", weight_decay: float = 0.0, device: str = "auto", *,
                     standardize: bool = True, schedule: str = "cosine",
-                    eval_data: str | None = None, baseline: bool = False) -> dict[str, Any]:
+                    eval_data: str | None = None, baseline: bool = False, head_bn: bool = False) -> dict[str, Any]:
     """A linear layer on frozen features. ``standardize=False, schedule="constant"`` with Adam 1e-3,
-    batch 128 and 100 epochs is the RR protocol; the defaults standardise and decay the lr (cosine)."""
+    batch 128 and 100 epochs is the RR protocol; the defaults standardise and decay the lr (cosine).
+    MAE's linear probe: ``head_bn=True, optimizer="lars", lr=0.1 * batch_size / 256, weight_decay=0``
+    (``standardize=False``: the BatchNorm does it)."""
     run_dir, _, state, cfg = _state(run)
     args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
             "weight_decay": weight_decay, "standardize": standardize, "schedule": schedule, "eval_data": eval_data}
+    if head_bn:  # recorded only when on: records made before head_bn existed stay valid
+        args["head_bn"] = True
     settings = _record("linear", args, state, cfg)
     feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "the linear probe")
     res = linear_probe(feats["train_x"], feats["train_y"], feats["test_x"], feats["test_y"], dataset.num_classes,
                        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                       standardize=standardize, schedule=schedule)
-    name = linear_protocol_name(epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule)
+                       standardize=standardize, schedule=schedule, head_bn=head_bn)
+    name = linear_protocol_name(epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn)
     result = {"protocol": "linear", "protocol_name": name, "dataset": dataset.name, "optimizer": optimizer, "lr": lr,
               "batch_size": batch_size, "weight_decay": weight_decay, "standardize": standardize,
-              "schedule": schedule, "feature_dim": int(feats["train_x"].shape[1]), **res,
+              "schedule": schedule, "head_bn": head_bn, "feature_dim": int(feats["train_x"].shape[1]), **res,
               "note": TEST_SELECTION_NOTE, "settings": settings}
     if baseline:  # the same probe on the untrained encoder's features
         base, _, _ = _features(run_dir, state, cfg, device, eval_data, "the linear probe", untrained=True)
         res0 = linear_probe(base["train_x"], base["train_y"], base["test_x"], base["test_y"], dataset.num_classes,
                             epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                            weight_decay=weight_decay, standardize=standardize, schedule=schedule)
+                            weight_decay=weight_decay, standardize=standardize, schedule=schedule,
+                            head_bn=head_bn)
         result["untrained"] = {k: v for k, v in res0.items() if k != "history"}
     result["saved"] = str(_save(run_dir, "linear", result))
     return result
@@ -316,49 +339,108 @@ def _finetune_history(out: Path) -> list[dict[str, Any]]:
     return [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None and int(r["epoch"]) >= 1]
 
 
-def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch_size: int = 256,
-                      optimizer: str = "sgd", weight_decay: float = 1e-4, overrides: list[str] | None = None, *,
-                      augment: bool = True, eval_data: str | None = None) -> dict[str, Any]:
-    """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights.
+FINETUNE_PROTOCOLS = ("auto", "convnet", "vit")
+# Every fine-tune setting a preset decides; an explicit argument overrides the preset's value.
+FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
+    # what `evaluate_finetune` always did (SGD 0.01, wd 1e-4, nothing else): the ResNet suites' protocol
+    "convnet": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "layer_decay": None, "drop_path": 0.0,
+                "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0},
+    # MAE's fine-tune (methods.md 4.3): AdamW (0.9, 0.999), lr 5e-4 x batch/256, wd 0.05, drop path 0.1,
+    # mixup 0.8, CutMix 1.0, smoothing 0.1, 5 warm-up epochs (10 % of the epochs below 50). Layer decay
+    # 0.75: MAE uses 0.65 for the 12-block ViT-B (100 epochs) and 0.75 for ViT-L; 0.75 is the value
+    # commonly used for the shallower-in-effect ViT-Tiny/Small (pass layer_decay=0.65 for ViT-B).
+    "vit": {"optimizer": "adamw", "lr": None, "weight_decay": 0.05, "layer_decay": 0.75, "drop_path": 0.1,
+            "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1, "warmup_epochs": None},
+}
+VIT_BASE_LR = 5e-4  # per 256 images (MAE's rule: lr = base x batch / 256)
+VIT_BETAS = [0.9, 0.999]
+_OFF = {"layer_decay": None, "drop_path": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
+        "warmup_epochs": 0.0}
 
-    ``augment=False`` trains on the deterministic test view (the overlay paper: "no additional
-    augmentation"); the default trains on random-resized crops + flips. The fine-tune lives in
-    ``RUN/finetune``: an interrupted one with the same settings is continued from its checkpoint,
-    a finished one is read back, one made with other settings is started over (said on stderr)."""
+
+def is_vit_config(cfg: dict[str, Any]) -> bool:
+    """A run whose backbone is one of the registered ViTs (``vit_*``)."""
+    return str((cfg.get("backbone") or {}).get("name") or "").startswith("vit_")
+
+
+def finetune_settings(args: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tune arguments with the protocol resolved (``protocol`` auto -> vit for a ViT run, else
+    convnet) and every None filled from its preset: what is recorded and what is trained.
+
+    ``evaluate_finetune`` and ``current_settings`` both call this, so a suite compares like with
+    like. The convnet preset with none of the ViT options records exactly the keys recorded before
+    they existed (records and fine-tunes made then stay valid); otherwise ``preset`` and every
+    resolved option are recorded (``betas`` too for the vit preset)."""
+    args = dict(args)
+    chosen = args.pop("protocol", "auto") or "auto"
+    require(chosen in FINETUNE_PROTOCOLS,
+            f"finetune protocol must be one of {', '.join(FINETUNE_PROTOCOLS)}, got {chosen!r}")
+    preset = ("vit" if is_vit_config(cfg) else "convnet") if chosen == "auto" else chosen
+    values = dict(FINETUNE_PRESETS[preset])
+    epochs, batch = int(args.get("epochs", 20)), int(args.get("batch_size", 256))
+    if preset == "vit":
+        values["lr"] = VIT_BASE_LR * batch / 256
+        values["warmup_epochs"] = 5.0 if epochs >= 50 else 0.1 * epochs
+    for key in list(values):
+        if args.get(key) is not None:
+            values[key] = args[key]
+    for key in ("lr", "weight_decay", "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs"):
+        values[key] = float(values[key])
+    if values["layer_decay"] is not None:
+        values["layer_decay"] = float(values["layer_decay"])
+    out = {k: v for k, v in args.items() if k not in values}
+    out.update({k: values[k] for k in ("lr", "optimizer", "weight_decay")})
+    if preset == "vit" or any(values[k] != off for k, off in _OFF.items()):
+        out.update({"preset": preset, **{k: values[k] for k in _OFF}})
+        if preset == "vit":
+            out["betas"] = list(VIT_BETAS)
+    return out
+
+
+def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, out: Path, init: Path,
+                     s: dict[str, Any], overrides: list[str] | None, eval_data: str | None) -> dict[str, Any]:
+    """The supervised run that is the fine-tune of ``init``'s weights with the resolved settings ``s``."""
     from ..config import merge, parse_overrides, validate
-    from ..train import engine
-    from ..train.logs import SUMMARY
 
-    run_dir, ckpt, state, base = _state(run)
-    args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-            "weight_decay": weight_decay, "overrides": overrides, "augment": augment,
-            "eval_data": eval_data}
-    settings = _record("finetune", args, state, base)
-    if eval_data is None:
-        require((state.get("data_info") or {}).get("num_classes", 1) > 0, _unlabelled(run_dir, "fine-tuning"))
-    from ..build import build_method_for
-
-    method = build_method_for(base, dataset_info=state.get("data_info"))
     spec = getattr(method, "backbone_spec", None) or base["backbone"]
-    out = run_dir / "finetune"
     cfg = merge(base, {"out": str(out)})
     if eval_data is not None:
         size = (state.get("data_info") or {}).get("image_size") or base["data"]["image_size"]
         cfg["data"].update({"name": str(eval_data), "image_size": size, "subset": None, "test_subset": None})
     cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True)),
-                     "augment": bool(augment)}
+                     "augment": bool(s["augment"])}
     if getattr(method, "eval_filter", None) is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
         cfg["method"]["input_filter"] = method.eval_filter
+    for key in ("layer_decay", "mixup", "cutmix", "label_smoothing"):  # only when on: old configs stay equal
+        if s.get(key):
+            cfg["method"][key] = s[key]
     cfg["backbone"] = dict(spec)
-    cfg["train"].update({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-                         "weight_decay": weight_decay, "monitor": "classify", "monitor_every_epochs": 1,
-                         "init_backbone": str(ckpt), "warmup_epochs": 0.0, "max_steps": None, "scale_lr": False,
+    if "drop_path" in s:
+        vit = callable(getattr(getattr(method, "backbone", None), "forward_tokens", None)) or is_vit_config(
+            {"backbone": spec})
+        require(vit or not s["drop_path"], f"drop path ({s['drop_path']}) needs a ViT backbone; this run's is "
+                f"{spec.get('name')!r}: leave drop_path unset or 0")
+        if vit:
+            cfg["backbone"]["drop_path_rate"] = s["drop_path"]
+    cfg["train"].update({"epochs": s["epochs"], "lr": s["lr"], "batch_size": s["batch_size"],
+                         "optimizer": s["optimizer"], "weight_decay": s["weight_decay"], "monitor": "classify",
+                         "monitor_every_epochs": 1, "init_backbone": str(init),
+                         "warmup_epochs": s.get("warmup_epochs", 0.0), "max_steps": None, "scale_lr": False,
                          "freeze_backbone": False, "monitor_test_size": None})  # score on the whole test split
+    if "betas" in s:
+        cfg["train"]["betas"] = list(s["betas"])
     if overrides:
         cfg = merge(cfg, parse_overrides(overrides))
     validate(cfg)
-    if eval_data is not None:  # one clear line before training if the data has no labels
-        _labelled(run_dir, state, base, eval_data, "fine-tuning")
+    return cfg
+
+
+def _run_finetune(out: Path, cfg: dict[str, Any], settings: dict[str, Any], epochs: int,
+                  write_init: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Fine-tune into ``out``: continue an interrupted one with the same settings, read back a finished
+    one, start over one made with other settings (said on stderr). Returns best/last accuracies."""
+    from ..train import engine
+    from ..train.logs import SUMMARY
 
     marker = out / "eval_settings.json"
     if (out / CKPT_NAME).is_file():
@@ -378,12 +460,16 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
         else:
             step = int(load_checkpoint(out / CKPT_NAME)["step"])
             _log(f"{out}: continuing the interrupted fine-tune from step {step}")
+            if write_init is not None:
+                write_init(Path(cfg["train"]["init_backbone"]))
             engine.train(cfg, resume=out)
     if not (out / CKPT_NAME).is_file():
         if out.exists():
             shutil.rmtree(out)  # logs of an attempt that never reached a checkpoint
         out.mkdir(parents=True)
         atomic_write_text(marker, json.dumps(settings, indent=2))
+        if write_init is not None:
+            write_init(Path(cfg["train"]["init_backbone"]))
         engine.train(cfg)
     history = _finetune_history(out)
     require(bool(history), f"{out} logged no test accuracy: the fine-tune did not finish an epoch")
@@ -393,11 +479,73 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float = 0.01, batch
     if missing:  # interrupted between an epoch's checkpoint and its test pass: that accuracy is gone
         note += f"; no test accuracy for epoch(s) {missing} (interrupted before it was logged): best_* is over the rest"
         _log(f"{out}: no test accuracy logged for epoch(s) {missing} (an interruption); best is over the others")
-    result = {"protocol": "finetune", "dataset": cfg["data"]["name"], "epochs": epochs, "lr": lr,
-              "batch_size": batch_size, "optimizer": optimizer, "weight_decay": weight_decay, "augment": augment,
-              "last_top1": history[-1]["test_top1"], "last_top5": history[-1]["test_top5"],
-              "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": int(best["epoch"]),
-              "history": history, "missing_epochs": missing, "note": note, "settings": settings}
+    return {"last_top1": history[-1]["test_top1"], "last_top5": history[-1]["test_top5"],
+            "best_top1": best["test_top1"], "best_top5": best["test_top5"], "best_epoch": int(best["epoch"]),
+            "history": history, "missing_epochs": missing, "note": note}
+
+
+def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None, batch_size: int = 256,
+                      optimizer: str | None = None, weight_decay: float | None = None,
+                      overrides: list[str] | None = None, *, augment: bool = True, eval_data: str | None = None,
+                      protocol: str = "auto", layer_decay: float | None = None, drop_path: float | None = None,
+                      mixup: float | None = None, cutmix: float | None = None, label_smoothing: float | None = None,
+                      warmup_epochs: float | None = None, baseline: bool = False) -> dict[str, Any]:
+    """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights.
+
+    ``protocol`` picks the preset for every argument left None (``FINETUNE_PRESETS``): "auto" is
+    "vit" for a ViT run (AdamW, lr 5e-4 x batch/256, wd 0.05, layer decay 0.75, drop path 0.1, mixup
+    0.8, CutMix 1.0, label smoothing 0.1, warm-up 5 epochs or 10 % of them below 50), else "convnet"
+    (SGD 0.01, wd 1e-4, nothing else: the values this function always had). ``augment=False``
+    trains on the deterministic test view (the overlay paper: "no additional augmentation"); the
+    default trains on random-resized crops + flips. The fine-tune lives in ``RUN/finetune``: an
+    interrupted one with the same settings is continued from its checkpoint, a finished one is read
+    back, one made with other settings is started over (said on stderr). ``baseline`` also
+    fine-tunes the untrained encoder the run started from (its ``train.epochs=0`` weights), same
+    settings, in ``RUN/finetune_untrained``: ``result["untrained"]``."""
+    run_dir, ckpt, state, base = _state(run)
+    args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+            "weight_decay": weight_decay, "overrides": overrides, "augment": augment, "eval_data": eval_data,
+            "protocol": protocol, "layer_decay": layer_decay, "drop_path": drop_path, "mixup": mixup,
+            "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs}
+    resolved = finetune_settings(args, base)
+    settings = _record("finetune", resolved, state, base)
+    preset = resolved.get("preset", "convnet")
+    if eval_data is None:
+        require((state.get("data_info") or {}).get("num_classes", 1) > 0, _unlabelled(run_dir, "fine-tuning"))
+    from ..build import build_method_for
+
+    method = build_method_for(base, dataset_info=state.get("data_info"))
+    cfg = _finetune_config(base, state, method, run_dir / "finetune", ckpt, resolved, overrides, eval_data)
+    if eval_data is not None:  # one clear line before training if the data has no labels
+        _labelled(run_dir, state, base, eval_data, "fine-tuning")
+    shown = {k: resolved[k] for k in ("optimizer", "lr", "weight_decay", *_OFF) if k in resolved}
+    _log(f"fine-tune protocol: {preset}{' (auto)' if protocol == 'auto' else ''}: "
+         + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    res = _run_finetune(run_dir / "finetune", cfg, settings, epochs)
+    result = {"protocol": "finetune", "preset": preset, "dataset": cfg["data"]["name"], "epochs": epochs,
+              "batch_size": batch_size, "augment": augment,
+              **{k: v for k, v in resolved.items() if k not in ("overrides", "eval_data", "epochs", "batch_size",
+                                                                 "augment", "preset")},
+              **res, "settings": settings}
+    if baseline:
+        out = run_dir / "finetune_untrained"
+        init = out / "untrained_backbone.safetensors"
+        cfg0 = _finetune_config(base, state, method, out, init, resolved, overrides, eval_data)
+
+        def write_untrained(path: Path) -> None:
+            """The encoder the run started from: rebuilt under its seed, as ``_features(untrained=True)``."""
+            from ..export import export_backbone
+
+            torch.manual_seed(base["train"]["seed"])
+            fresh = build_method_for(base, dataset_info=state.get("data_info"))
+            if base["train"].get("init_backbone"):
+                from ..train.engine import load_backbone_weights
+
+                load_backbone_weights(fresh.backbone, base["train"]["init_backbone"])
+            export_backbone(fresh.backbone, path, base)
+
+        res0 = _run_finetune(out, cfg0, {**settings, "step": 0, "untrained": True}, epochs, write_untrained)
+        result["untrained"] = {k: v for k, v in res0.items() if k not in ("history", "note")}
     result["saved"] = str(_save(run_dir, "finetune", result))
     return result
 
