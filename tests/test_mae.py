@@ -309,3 +309,30 @@ def test_bad_settings_give_one_line(overrides: tuple[str, ...], backbone: str, w
         build_method_for(cfg, dataset_info=info(32))
     text = str(err.value)
     assert words in text and "\n" not in text, text
+
+
+# --- bf16 autocast and the reconstruction figure -------------------------------------------------
+
+@pytest.mark.parametrize("name", ["mae", "mvmae"])
+def test_step_under_bf16_autocast_gives_finite_float_loss_and_gradients(name: str) -> None:
+    m = method(name, ("method.proj_hidden_dim=32", "method.proj_dim=16") if name == "mvmae" else ())
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(images, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert torch.isfinite(m.decoder.mask_token.grad).all() and m.decoder.mask_token.grad.abs().sum() > 0
+    assert torch.isfinite(m.backbone.cls_token.grad).all()
+
+
+def test_reconstruction_rows_paste_the_visible_patches_back_and_grey_out_the_masked_ones() -> None:
+    m = method("mae").eval()
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    masked, recon, original = m.reconstruct(images, torch.Generator().manual_seed(0))
+    assert masked.shape == recon.shape == original.shape == (2, 3, 32, 32)
+    mk = random_token_masking(2, 64, 0.75, torch.Generator().manual_seed(0)).mask  # the draw reconstruct made
+    pixel_mask = mk.view(2, 1, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3).bool().expand(-1, 3, -1, -1)
+    assert torch.allclose(recon[~pixel_mask], original[~pixel_mask], atol=1e-5)
+    assert torch.allclose(masked[~pixel_mask], original[~pixel_mask], atol=1e-5)
+    assert torch.allclose(masked[pixel_mask], torch.tensor(0.5))  # the data mean (info(): mean 0.5)
+    assert not torch.allclose(recon[pixel_mask], original[pixel_mask], atol=1e-2)  # an untrained decoder's guess
