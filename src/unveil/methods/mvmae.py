@@ -43,7 +43,7 @@ def build_projector(kind: str, in_dim: int, hidden: int, out: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-@register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 (Ji et al. 2023)")
+@register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 Multi-view masked AE (Ji et al. 2023)")
 class MVMAE(nn.Module):
     normalized_inputs = True
 
