@@ -11,6 +11,7 @@ import torch
 
 from unveil.backbones import build_backbone
 from unveil.cli import main
+from unveil.errors import UserError
 from unveil.eval import protocols
 from unveil.eval.linear import linear_probe
 from unveil.methods import DataInfo, build_method
@@ -115,6 +116,10 @@ def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet
     assert as_vit["preset"] == "convnet" and as_vit["label_smoothing"] == 0.1 and as_vit["lr"] == 0.01
     with pytest.raises(Exception, match="protocol must be one of"):
         protocols.current_settings("finetune", runs["resnet"], protocol="beit")
+    for option in ({"layer_decay": 0.75}, {"drop_path": 0.1}, {"protocol": "vit"}):  # one line, before training
+        with pytest.raises(UserError, match="needs a ViT backbone"):
+            protocols.evaluate_finetune(runs["resnet"], **option)
+    assert not (runs["resnet"] / "finetune").exists()
 
 
 def test_check_settings_accepts_the_new_options_and_refuses_bad_ones():

@@ -415,11 +415,12 @@ def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, o
         if s.get(key):
             cfg["method"][key] = s[key]
     cfg["backbone"] = dict(spec)
-    if "drop_path" in s:
+    if "drop_path" in s:  # one line before any training when a ViT option meets another backbone
         vit = callable(getattr(getattr(method, "backbone", None), "forward_tokens", None)) or is_vit_config(
             {"backbone": spec})
-        require(vit or not s["drop_path"], f"drop path ({s['drop_path']}) needs a ViT backbone; this run's is "
-                f"{spec.get('name')!r}: leave drop_path unset or 0")
+        for key in ("drop_path", "layer_decay"):
+            require(vit or not s[key], f"{key.replace('_', ' ')} ({s[key]}) needs a ViT backbone; this run's is "
+                    f"{spec.get('name')!r}: leave {key} unset (or 0 / null)")
         if vit:
             cfg["backbone"]["drop_path_rate"] = s["drop_path"]
     cfg["train"].update({"epochs": s["epochs"], "lr": s["lr"], "batch_size": s["batch_size"],
