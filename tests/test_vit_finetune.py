@@ -178,3 +178,36 @@ def test_linear_head_bn_normalises_features_and_lars_runs():
 def test_linear_records_head_bn_only_when_on(runs):
     assert "head_bn" not in protocols.current_settings("linear", runs["vit"])
     assert protocols.current_settings("linear", runs["vit"], head_bn=True, optimizer="lars")["head_bn"] is True
+
+
+def test_an_interrupted_vit_fine_tune_with_mixing_resumes_exactly(runs, tmp_path, monkeypatch):
+    """Mixup/CutMix coins, lams and boxes come from the engine's generator: a resumed fine-tune ends
+    with the weights of an uninterrupted one."""
+    import shutil
+
+    monkeypatch.setenv("UNVEIL_CACHE", str(runs["cache"]))
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    for d in (run, reference):
+        shutil.copytree(runs["vit"], d, ignore=shutil.ignore_patterns("finetune*", "eval_*"))
+    settings = {"epochs": 2, "batch_size": 16, "overrides": ["train.progress=false"]}
+    real_save = engine.save_checkpoint
+
+    def crash_after_first_epoch(path, state):
+        real_save(path, state)
+        if "finetune" in str(path) and state.get("history"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        protocols.evaluate_finetune(run, **settings)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    from unveil.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "finetune" / "last.ckpt")["step"] == 2  # 32 images, batch 16
+    resumed = protocols.evaluate_finetune(run, **settings)
+    straight = protocols.evaluate_finetune(reference, **settings)
+    assert resumed["mixup"] == 0.8 and [r["test_top1"] for r in resumed["history"]] == [
+        r["test_top1"] for r in straight["history"]]
+    a = load_checkpoint(run / "finetune" / "last.ckpt")["model"]
+    b = load_checkpoint(reference / "finetune" / "last.ckpt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
