@@ -143,12 +143,15 @@ def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
             assert finetune and all(p.cfg["train"][k] == finetune[k] for k in ("epochs", "lr", "batch_size"))
             assert p.cfg["method"]["augment"] is finetune["augment"] is False
         # The papers' protocols: the overlay paper fine-tunes without augmentation and probes the raw
-        # pooled features; the context-patch paper's linear probe is the RR protocol.
+        # pooled features; the context-patch paper's linear probe is the RR protocol; masked modelling
+        # fine-tunes a ViT with the protocol picked for it (augmented) and probes through MAE's BatchNorm head.
         for p in planned:
-            if "finetune" in p.evals:
+            if "finetune" in p.evals and name != "masked-modelling":
                 assert p.evals["finetune"]["augment"] is False
             if "linear" in p.evals:
                 assert p.evals["linear"]["standardize"] is False
+                if name == "masked-modelling":
+                    assert p.evals["linear"]["head_bn"] is True and p.evals["linear"]["optimizer"] == "lars"
                 if name == "context-patch" and scale != "smoke":
                     assert linear_protocol_name(**p.evals["linear"]).startswith("RR")
         for p in planned:
