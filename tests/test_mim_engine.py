@@ -84,8 +84,11 @@ def test_vit_on_photos_larger_than_32px_picks_8px_patches(tmp_path):
 
 
 def test_mae_on_a_resnet_is_one_line(tiny_folder, tmp_path):
-    done = _cli("pretrain", f"--data={tiny_folder}", "--method=mae", "backbone.name=resnet18", "train.epochs=1",
-                f"--out={tmp_path / 'run'}", cwd=tmp_path)
+    """``--method mae`` starts from MAE's recipe (said in one line); swapping in a ResNet leaves the
+    ViT's patch_size behind, which is named in one line instead of a constructor trace."""
+    done = _cli("pretrain", f"--data={tiny_folder}", "--method=mae", "backbone.name=resnet18", "train.batch_size=16",
+                "train.epochs=1", f"--out={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode != 0
+    assert "starting from the recipe mae_cifar10" in done.stdout
     errors = [ln for ln in done.stderr.splitlines() if "error" in ln or "Traceback" in ln]
-    assert len(errors) == 1 and "needs a ViT backbone" in errors[0], done.stderr
+    assert len(errors) == 1 and "backbone 'resnet18' has no setting patch_size" in errors[0], done.stderr

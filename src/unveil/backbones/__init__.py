@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,14 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     _import_all()
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}': choose one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](**kwargs)
+    try:
+        return BACKBONES[name](**kwargs)
+    except TypeError as exc:
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if not found:
+            raise
+        # e.g. a ViT recipe's patch_size left behind by backbone.name=resnet18
+        raise UserError(f"backbone '{name}' has no setting {found.group(1)}: remove backbone.{found.group(1)}") from None
 
 
 def backbone_builder(name: str) -> Callable[..., nn.Module]:

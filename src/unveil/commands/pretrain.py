@@ -36,6 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _method_recipe(name: str | None) -> str | None:
+    """``--method NAME`` without ``--recipe``: the method's own defaults when it names a recipe
+    (``default_recipe``: MAE's ViT, decoder and AdamW rather than the ResNet/SGD defaults)."""
+    from .. import methods
+
+    if not name or name not in methods.available():
+        return None  # an unknown name gets its one line from the method registry
+    recipe = getattr(methods.METHODS[name], "default_recipe", None)
+    if recipe:
+        print(f"unveil: --method {name} without --recipe: starting from the recipe {recipe} (its backbone, optimizer "
+              "and schedule); --data, --epochs and KEY=VALUE apply on top")
+    return recipe
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import methods
     from ..config import available_recipes
@@ -58,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         validate(cfg)
         run_dir = train(cfg, resume=run_dir)
     else:
-        run_dir = train(resolve(args.recipe, overrides))
+        run_dir = train(resolve(args.recipe or _method_recipe(args.method), overrides))
     from .. import dist
 
     if dist.is_main():

@@ -37,6 +37,7 @@ def pooled(tokens: Tensor, how: str) -> Tensor:
 @register("mae", summary="masked autoencoder: ViT encoder on the visible patches, light decoder, normalised-pixel loss on the masked ones", paper="He et al. 2022 (baseline of paper 3)")
 class MAE(nn.Module):
     normalized_inputs = True
+    default_recipe = "mae_cifar10"  # `--method mae` alone: a ViT and AdamW, not the ResNet/SGD defaults
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, mask_ratio: float = 0.75, decoder_dim: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, norm_pix_loss: bool = True, embed: str = "cls",
