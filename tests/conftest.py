@@ -48,8 +48,7 @@ def fashion_mnist() -> Path:
     return FASHION_MNIST
 
 
-@pytest.fixture
-def tiny_folder(tmp_path_factory) -> Path:
+def make_tiny_folder(tmp_path_factory) -> Path:
     """A 2-class ImageFolder of 96 16x16 images whose classes differ in colour (learnable)."""
     from PIL import Image
 
@@ -62,3 +61,9 @@ def tiny_folder(tmp_path_factory) -> Path:
             arr = (torch.tensor(base) + noise).clamp(0, 255).to(torch.uint8).numpy()
             Image.fromarray(arr).save(root / cls / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path_factory) -> Path:
+    """A 2-class ImageFolder of 96 16x16 images whose classes differ in colour (learnable)."""
+    return make_tiny_folder(tmp_path_factory)

@@ -84,17 +84,9 @@ def runs(tmp_path_factory, tiny_folder_module) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_folder_module(tmp_path_factory) -> Path:
     """conftest's tiny_folder (2 colour classes, 96 16x16 images), built once for this module."""
-    from PIL import Image
+    from conftest import make_tiny_folder
 
-    root = tmp_path_factory.mktemp("tiny")
-    g = torch.Generator().manual_seed(0)
-    for cls, base in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
-        (root / cls).mkdir()
-        for i in range(48):
-            noise = torch.randint(-40, 40, (16, 16, 3), generator=g)
-            Image.fromarray((torch.tensor(base) + noise).clamp(0, 255).to(torch.uint8).numpy()).save(
-                root / cls / f"{i}.png")
-    return root
+    return make_tiny_folder(tmp_path_factory)
 
 
 def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet(runs):

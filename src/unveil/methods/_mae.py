@@ -130,3 +130,57 @@ def _denormalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return lambda t: (t * s + m).clamp(0, 1)
+
+
+class MaskedImageModel(nn.Module):
+    """What MAE and MV-MAE do alike outside training: the evaluation input, the pooled feature and the
+    reconstruction figure. Subclasses set ``backbone``, ``decoder``, ``data_info``, ``mask_ratio``,
+    ``norm_pix_loss`` and ``embed_how`` ("cls" or "mean")."""
+
+    normalized_inputs = True
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on weights only: not on biases, norms, the class/mask tokens or positions."""
+        from ..param_groups import default_param_groups
+
+        return default_param_groups(self)
+
+    def _eval_input(self, images: Tensor) -> Tensor:
+        from ..views import eval_transform
+
+        info = self.data_info
+        return eval_transform(images, info.image_size, info.mean, info.std)
+
+    def encode_decode(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(encoder tokens, predicted patches, mask) for a normalised batch ``x``, freshly masked."""
+        from ..corruptions.patch_mask import random_token_masking
+
+        m = random_token_masking(x.shape[0], self.backbone.num_tokens, self.mask_ratio, generator, x.device)
+        tokens = self.backbone.forward_tokens(x, m.ids_keep)
+        return tokens, self.decoder(tokens, m.ids_restore), m.mask
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return pooled(self.backbone.forward_tokens(self._eval_input(images)), self.embed_how)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows for ``unveil reconstruct``: masked input | reconstruction | original (the evaluation view)."""
+        x = self._eval_input(images)
+        _, pred, mask = self.encode_decode(x, generator)
+        info = self.data_info
+        return reconstruction_rows(x, pred, mask, self.backbone.patch, self.norm_pix_loss, info.mean, info.std)
+
+
+EMBEDS = ("cls", "mean")
+
+
+def check_embed(embed: str) -> str:
+    if embed not in EMBEDS:
+        raise UserError(f"method.embed must be one of {', '.join(EMBEDS)}, got {embed!r}")
+    return embed
+
+
+def pooled(tokens: Tensor, how: str) -> Tensor:
+    """The class token, or the mean of the patch tokens (MAE's ``global_pool``)."""
+    return tokens[:, 0] if how == "cls" else tokens[:, 1:].mean(1)

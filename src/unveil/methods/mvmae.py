@@ -21,11 +21,9 @@ from torch import Tensor, nn
 from ..corruptions.patch_mask import random_token_masking
 from ..errors import UserError
 from ..losses.ntxent import nt_xent
-from ..param_groups import default_param_groups
-from ..views import ViewPipeline, eval_transform, view_preset
+from ..views import ViewPipeline, view_preset
 from . import DataInfo, register
-from ._mae import check_ratio, decoder_for, masked_patch_loss, patchify, reconstruction_rows
-from .mae import check_embed, pooled
+from ._mae import MaskedImageModel, check_embed, check_ratio, decoder_for, masked_patch_loss, patchify, pooled
 
 PROJECTORS = ("mlp2", "mocov3")
 
@@ -44,8 +42,7 @@ def build_projector(kind: str, in_dim: int, hidden: int, out: int) -> nn.Sequent
 
 
 @register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 Multi-view masked AE (Ji et al. 2023)")
-class MVMAE(nn.Module):
-    normalized_inputs = True
+class MVMAE(MaskedImageModel):
     default_recipe = "mvmae_cifar10"  # `--method mvmae` alone: a ViT and AdamW, not the ResNet/SGD defaults
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, mask_ratio: float = 0.8, decoder_dim: int = 512,
@@ -76,9 +73,6 @@ class MVMAE(nn.Module):
         self.views = ViewPipeline(view_preset("mae", data_info.image_size, mean=tuple(data_info.mean),
                                               std=tuple(data_info.std), **(views or {})))
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        return default_param_groups(self)
-
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         x1, x2 = self.views(images, generator), self.views(images, generator)
         x = torch.cat([x1, x2])
@@ -99,14 +93,6 @@ class MVMAE(nn.Module):
             out["loss"] = out["rec_loss"]
         return out
 
-    def _eval_input(self, images: Tensor) -> Tensor:
-        info = self.data_info
-        return eval_transform(images, info.image_size, info.mean, info.std)
-
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        return pooled(self.backbone.forward_tokens(self._eval_input(images)), self.embed_how)
-
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """The two normalised crops, each with its masked patches at 0 (the mean colour): ``unveil preview``."""
@@ -118,12 +104,3 @@ class MVMAE(nn.Module):
             keep = (1 - m.mask).view(-1, 1, g, g).repeat_interleave(p, 2).repeat_interleave(p, 3)
             rows[name] = x * keep.to(x.dtype)
         return rows
-
-    @torch.no_grad()
-    def reconstruct(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows for ``unveil reconstruct``: masked input | reconstruction | original (one view, the eval view)."""
-        x = self._eval_input(images)
-        m = random_token_masking(x.shape[0], self.backbone.num_tokens, self.mask_ratio, generator, x.device)
-        pred = self.decoder(self.backbone.forward_tokens(x, m.ids_keep), m.ids_restore)
-        info = self.data_info
-        return reconstruction_rows(x, pred, m.mask, self.backbone.patch, self.norm_pix_loss, info.mean, info.std)
