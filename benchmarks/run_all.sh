@@ -22,4 +22,8 @@ rm -rf "$OUT/demo"
 ( time .venv/bin/unveil demo --out "$OUT/demo" ) > "$OUT/demo.log" 2>&1
 $PY benchmarks/knn_budget.py --minutes "${KNN_MINUTES:-20}" --out "$OUT/knn-budget" backbone.cifar_stem=false train.batch_size=256 \
   > "$OUT/knn_budget.json" 2> "$OUT/knn_budget.err"
+# MoCo v2 / BYOL / MSCN / mixture steps, unveil vs lightly (pre-made views)
+$PY benchmarks/bench_siamese.py ${BENCH_THREADS:+--threads $BENCH_THREADS} > "$OUT/siamese.md" 2> "$OUT/siamese.err"
+# MAE's step, unveil vs lightly on the same timm ViT (ViT-Tiny 32 px, ViT-Small 224 px; fp32 and bf16)
+$PY benchmarks/bench_mae.py --configs tiny32 small224 ${BENCH_THREADS:+--threads $BENCH_THREADS} > "$OUT/mae.md" 2> "$OUT/mae.err"
 echo done > "$OUT/done.txt"
