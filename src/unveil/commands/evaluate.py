@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import require
+from ..errors import UserError, require
 
 EVAL_DATA_HELP = ("labelled data to evaluate on instead of the run's own (a folder of class folders, a registered "
                   "dataset name or a Parquet folder), decoded at the run's image size; needed for runs trained "
@@ -83,16 +83,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     ft.set_defaults(func=run_finetune)
 
 
-def _method_name(run: str) -> str:
+def _headline(run: str) -> tuple[str, str]:
+    """(method name, the protocol its method declares as its headline; "" when none or unknown)."""
+    from .. import methods
     from ..train.checkpoint import read_config, resolve_run
 
     try:
-        return str(read_config(resolve_run(run)[0])["method"]["name"])
-    except Exception:  # an old run without config.yaml: no note, nothing else changes
-        return ""
+        name = str(read_config(resolve_run(run)[0])["method"]["name"])
+    except (OSError, KeyError, TypeError, UserError):  # a run without a readable config: no note
+        return "", ""
+    cls = methods.METHODS.get(name) if name in methods.available() else None
+    return name, str(getattr(cls, "headline_protocol", "") or "")
 
 
-def _print(result: dict, method: str = "") -> None:
+def _print(result: dict, headline: tuple[str, str] = ("", "")) -> None:
     shown = {k: v for k, v in result.items() if k != "history"}
     print(json.dumps(shown, indent=2))
     base = result.get("untrained")
@@ -104,12 +108,10 @@ def _print(result: dict, method: str = "") -> None:
                  if recal is not None else "")
         print(f"unveil: {result['protocol']} top-1 {trained:.1f} % (untrained encoder, same data and protocol: "
               f"{untrained:.1f} %; {trained - untrained:+.1f} points{extra})")
-    if result.get("protocol") in ("knn", "linear") and method in MASKED_MODELLING:
+    method, protocol = headline
+    if protocol == "finetune" and result.get("protocol") in ("knn", "linear"):
         print(f"unveil: {method} is masked image modelling: its frozen features are not its headline (MAE ViT-B: 68.0 % "
               "linear vs 83.6 % fine-tuned); `unveil eval finetune RUN` is the protocol to compare")
-
-
-MASKED_MODELLING = ("mae", "mvmae")
 
 
 def _positive(name: str, value: float) -> None:
@@ -122,7 +124,7 @@ def run_knn(args: argparse.Namespace) -> int:
     _positive("k", args.k)
     _positive("t", args.t)
     _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device, eval_data=args.eval_data,
-                        baseline=args.baseline), _method_name(args.run))
+                        baseline=args.baseline), _headline(args.run))
     return 0
 
 
@@ -134,7 +136,7 @@ def run_linear(args: argparse.Namespace) -> int:
     _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device,
                            standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data,
-                           baseline=args.baseline, head_bn=args.head_bn), _method_name(args.run))
+                           baseline=args.baseline, head_bn=args.head_bn), _headline(args.run))
     return 0
 
 

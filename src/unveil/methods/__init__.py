@@ -21,6 +21,8 @@ The method contract (the only thing the engine knows about a method):
   the engine refuses a folder without class folders with one line.
 * optional class attribute ``default_recipe = "NAME"``: ``unveil pretrain --method X`` without
   ``--recipe`` starts from that recipe (a ViT method needs its backbone and optimizer, not the defaults).
+* optional class attribute ``headline_protocol = "finetune"``: the evaluation the method is judged by
+  (masked image modelling); ``unveil eval knn|linear`` then says so in one line.
 * optional ``param_groups() -> list[dict]``: ``{"params": [...], "lr_scale": 1.0, "weight_decay": True}``
   per group (every trainable parameter in exactly one); the schedule multiplies each group's
   ``lr_scale``, ``weight_decay: False`` exempts a group (and LARS skips it). Without it, norms,

@@ -16,7 +16,10 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ..backbones.vit import mae_init_, sincos_pos_embed
+from ..corruptions.patch_mask import random_token_masking
 from ..errors import UserError
+from ..param_groups import default_param_groups
+from ..views import eval_transform
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:
@@ -138,23 +141,18 @@ class MaskedImageModel(nn.Module):
     ``norm_pix_loss`` and ``embed_how`` ("cls" or "mean")."""
 
     normalized_inputs = True
+    headline_protocol = "finetune"  # frozen features are not what masked modelling is judged by
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on weights only: not on biases, norms, the class/mask tokens or positions."""
-        from ..param_groups import default_param_groups
-
         return default_param_groups(self)
 
     def _eval_input(self, images: Tensor) -> Tensor:
-        from ..views import eval_transform
-
         info = self.data_info
         return eval_transform(images, info.image_size, info.mean, info.std)
 
     def encode_decode(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """(encoder tokens, predicted patches, mask) for a normalised batch ``x``, freshly masked."""
-        from ..corruptions.patch_mask import random_token_masking
-
         m = random_token_masking(x.shape[0], self.backbone.num_tokens, self.mask_ratio, generator, x.device)
         tokens = self.backbone.forward_tokens(x, m.ids_keep)
         return tokens, self.decoder(tokens, m.ids_restore), m.mask

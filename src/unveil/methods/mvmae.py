@@ -76,14 +76,13 @@ class MVMAE(MaskedImageModel):
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         x1, x2 = self.views(images, generator), self.views(images, generator)
         x = torch.cat([x1, x2])
-        b, n = x1.shape[0], self.backbone.num_tokens
-        m = random_token_masking(2 * b, n, self.mask_ratio, generator, x.device)  # independent per view
-        tokens = self.backbone.forward_tokens(x, m.ids_keep)  # one pass over both views' visible patches
-        pred = self.decoder(tokens, m.ids_restore)
+        b = x1.shape[0]
+        # independent masks per view, one encoder pass over both views' visible patches
+        tokens, pred, mask = self.encode_decode(x, generator)
         patch = self.backbone.patch
         target = patchify(x, patch) if self.two_targets else patchify(x1, patch).repeat(2, 1, 1)
-        rec1 = masked_patch_loss(pred[:b], target[:b], m.mask[:b], self.norm_pix_loss)
-        rec2 = masked_patch_loss(pred[b:], target[b:], m.mask[b:], self.norm_pix_loss)
+        rec1 = masked_patch_loss(pred[:b], target[:b], mask[:b], self.norm_pix_loss)
+        rec2 = masked_patch_loss(pred[b:], target[b:], mask[b:], self.norm_pix_loss)
         out = {"rec_loss": 0.5 * (rec1 + rec2)}
         if self.projector is not None:
             z = self.projector(pooled(tokens, self.contrastive_feature))
