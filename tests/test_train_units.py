@@ -60,6 +60,45 @@ def test_loader_covers_each_rank_disjointly_and_is_reproducible():
     assert first != [lab.tolist() for _, lab in a.epoch(2)]
 
 
+def test_background_batches_keep_the_order_and_resume_point():
+    """The prefetching thread changes when a batch is gathered, never which: the same batches as the
+    in-thread gather, from a mid-epoch start too (exact --resume)."""
+    x = torch.randint(0, 256, (300, 3, 4, 4), dtype=torch.uint8)
+    y = torch.arange(300)
+    b = TensorBatches(x, y, 32, seed=5)
+    for start in (0, 3):
+        plain = list(b.epoch(2, start))
+        ahead = list(b.device_batches(2, start, torch.device("cpu"), prefetch=3))
+        assert len(plain) == len(ahead) == len(b) - start
+        for (xi, yi), (xa, ya) in zip(plain, ahead):
+            assert torch.equal(xi, xa) and torch.equal(yi, ya)
+            assert torch.equal(xa, x[ya])  # rows and labels stay paired
+
+
+def test_background_batches_stop_their_thread_and_pass_errors_on():
+    import threading
+
+    x = torch.zeros(64, 3, 2, 2, dtype=torch.uint8)
+    b = TensorBatches(x, torch.arange(64), 8, seed=0)
+    for k, _ in enumerate(b.device_batches(0, 0, torch.device("cpu"), prefetch=2)):
+        if k == 1:
+            break  # leaving early (max_steps) must not leave a thread behind
+    threading.Event().wait(0.3)
+    assert not [t for t in threading.enumerate() if t.name == "unveil-batches"]
+
+    class Broken(TensorBatches):
+        def _gather(self, sel, pin):
+            if int(sel[0]) == int(self.indices(0)[16]):
+                raise OSError("read error in the cache file")
+            return super()._gather(sel, pin)
+
+    got = []
+    with pytest.raises(OSError, match="read error"):
+        for images, _ in Broken(x, torch.arange(64), 8, seed=0).device_batches(0, 0, torch.device("cpu"), prefetch=2):
+            got.append(images)
+    assert len(got) == 2  # the batches before the failing one arrived, in order
+
+
 def _ntxent_reference(z1, z2, t):
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]

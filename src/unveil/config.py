@@ -50,7 +50,11 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",  # auto | bf16 | fp32
         "channels_last": True,
         "compile": False,
-        "sync_batchnorm": False,  # several CUDA processes: BatchNorm statistics over the global batch
+        "deterministic": False,  # CUDA: deterministic kernels, no autotuning (slower; bit-exact --resume)
+        "prefetch_batches": 2,  # batches a background thread gathers ahead of the step (0: none)
+        # several CUDA processes: BatchNorm statistics over the global batch; auto = where the method
+        # asks for it (SimCLR, BYOL, MV-MAE: batch statistics are part of their loss), never on CPU
+        "sync_batchnorm": "auto",
         "device": "auto",  # auto | cpu | cuda
         "seed": 0,
         "ckpt_every_steps": 0,  # 0 = only at the end of each epoch
@@ -187,7 +191,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.max_steps": (int, type(None)), "train.batch_size": (int, str),
     "train.lr": _NUMBER, "train.weight_decay": _NUMBER, "train.momentum": _NUMBER,
     "train.warmup_epochs": _NUMBER, "train.min_lr": _NUMBER, "train.knn_t": _NUMBER,
-    "train.grad_clip_norm": (*_NUMBER, type(None)),
+    "train.grad_clip_norm": (*_NUMBER, type(None)), "train.sync_batchnorm": (bool, str),
     "train.monitor_train_size": (int, str, type(None)), "train.monitor_test_size": (int, str, type(None)),
     "train.init_backbone": (str, type(None)),
     "data.root": (str, type(None)), "data.image_size": (int, type(None)), "data.subset": (int, type(None)),
@@ -258,6 +262,9 @@ def validate(cfg: dict[str, Any]) -> None:
     positive_int("train.knn_k", t["knn_k"])
     require(t["knn_t"] > 0, f"train.knn_t must be > 0, got {t['knn_t']!r}")
     require(t["ckpt_every_steps"] >= 0, "train.ckpt_every_steps must be >= 0 (0 = each epoch only)")
+    positive_int("train.prefetch_batches", t["prefetch_batches"], minimum=0)
+    require(t["sync_batchnorm"] in ("auto", True, False),
+            f"train.sync_batchnorm must be auto, true or false, got {t['sync_batchnorm']!r}")
     d = cfg["data"]
     require(bool(d["name"]), "data.name is empty: give --data cifar10|cifar100|fashion-mnist|stl10 or a folder")
     require(0 < d["test_fraction"] < 1, f"data.test_fraction must be in (0, 1), got {d['test_fraction']!r}")

@@ -13,6 +13,8 @@ The method contract (the only thing the engine knows about a method):
   it after loading ``train.init_backbone`` (so a target does not keep its random start).
 * optional class attribute ``ddp_broadcast_buffers = False``: buffers that are per rank by design,
   or kept equal by the method itself (MoCo's gathered queue), are not overwritten by rank 0's.
+* optional class attribute ``sync_batchnorm = True``: batch statistics are part of the loss (SimCLR,
+  BYOL), so with ``train.sync_batchnorm: auto`` several CUDA processes share them (SyncBatchNorm).
 * optional ``eval_filter``: plain data describing an input filter applied at evaluation (MSCN's
   high-pass); exports record it and the fine-tune applies it.
 * optional ``branch_views(images, generator) -> dict[str, Tensor]``: what each branch sees, for

@@ -43,6 +43,7 @@ def build_projector(kind: str, in_dim: int, hidden: int, out: int) -> nn.Sequent
 
 @register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 Multi-view masked AE (Ji et al. 2023)")
 class MVMAE(MaskedImageModel):
+    sync_batchnorm = True  # the contrastive projector's BN, over the global batch
     default_recipe = "mvmae_cifar10"  # `--method mvmae` alone: a ViT and AdamW, not the ResNet/SGD defaults
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, mask_ratio: float = 0.8, decoder_dim: int = 512,

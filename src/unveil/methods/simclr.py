@@ -28,6 +28,7 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = T
 
 @register("simclr", summary="two augmented views, projection MLP, NT-Xent (the contrastive baseline of papers 4 and 5)", paper="Chen et al. 2020 (baseline)")
 class SimCLR(nn.Module):
+    sync_batchnorm = True  # the projector's BN sees the global batch on several GPUs, as in the paper
     def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
                  proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,
                  view_preset_name: str | None = None, masking: dict[str, Any] | None = None, **unused: Any):

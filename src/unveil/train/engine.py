@@ -34,7 +34,7 @@ from .loader import TensorBatches
 from .logs import RunLogger
 from .monitor import has_labels, monitor_sizes, run_monitor, unlabelled_figures
 from .optim import build_optimizer, lr_at, set_lr
-from .precision import autocast, pick_device, pick_precision
+from .precision import autocast, configure_kernels, pick_device, pick_precision
 
 
 def _channels_last_inputs(module: nn.Module) -> None:
@@ -133,6 +133,7 @@ def _start(cfg: dict[str, Any], resume: str | Path | None) -> _Run:
     """Device, process group, precision and the run directory (new, or the one to resume)."""
     t = cfg["train"]
     device = pick_device(t["device"])
+    configure_kernels(device, t["deterministic"])
     dist.init_from_env(device)
     rank, world = dist.rank(), dist.world_size()
     if cfg["method"]["name"] not in method_registry.available():
@@ -204,7 +205,10 @@ def _build_model(run: _Run) -> None:
         method.to(memory_format=torch.channels_last)
         _channels_last_inputs(method.backbone)
     model: nn.Module = method
-    if t["sync_batchnorm"] and run.world > 1:
+    sync_bn = t["sync_batchnorm"]
+    if sync_bn == "auto":
+        sync_bn = bool(getattr(method, "sync_batchnorm", False)) and run.device.type == "cuda"
+    if sync_bn and run.world > 1:
         require(run.device.type == "cuda", "train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU "
                 "path): on CPU set it to false, or use method.bn_splits where the method has it")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -364,9 +368,7 @@ def _loop(run: _Run) -> None:
     while run.step < run.total_steps:
         epoch, start = divmod(run.step, run.steps_per_epoch)
         epoch_start = time.perf_counter()
-        for images, labels in run.batches.epoch(epoch, start):
-            images = images.to(run.device, non_blocking=True)
-            labels = labels.to(run.device, non_blocking=True)
+        for images, labels in run.batches.device_batches(epoch, start, run.device, t["prefetch_batches"]):
             lr = lr_at(run.step, run.total_steps, run.steps_per_epoch, run.base_lr, t)
             loss, out = _train_step(run, images, labels, lr)
             run.step += 1

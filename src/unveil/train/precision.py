@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -39,3 +40,25 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def configure_kernels(device: torch.device, deterministic: bool) -> None:
+    """Speed by default, bit-reproducible kernels on request (``train.deterministic``).
+
+    Default on CUDA: cuDNN autotuning (``benchmark``) and TF32 matmuls in fp32 code, both fast and
+    both free to pick different kernels run to run, so a resumed CUDA run follows the same batches
+    and random streams but may drift in the last bits. ``deterministic`` turns autotuning off,
+    asks cuBLAS for a fixed workspace and makes PyTorch use deterministic kernels (warning, not
+    failing, where an op has none). On CPU every kernel here is deterministic already.
+    """
+    if device.type != "cuda":
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
