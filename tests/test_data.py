@@ -145,7 +145,7 @@ def test_out_of_memory_estimate_is_a_user_error(tmp_path, monkeypatch):
         Image.new("RGB", (10, 10), (i, i, i)).save(folder / f"{i}.png")
     monkeypatch.setattr(dataset_mod, "available_memory", lambda: 10_000)
     with pytest.raises(UserError, match="data.image_size or data.subset"):
-        load_data(str(folder), image_size=64, cache_dir=str(tmp_path / "cache"))
+        load_data(str(folder), image_size=64, cache_dir=str(tmp_path / "cache"), storage="memory")
 
 
 def test_bad_options_are_user_errors(tmp_path):

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
         "test_subset": None,  # evaluate on only this many test images
         "test_fraction": 0.2,  # for folders without a test split
         "split_seed": 0,
+        # auto: in RAM when one decoded copy per process of the node fits, else disk; memory | disk
+        # (a memory-mapped uint8 cache file shared by the processes of a node through the page cache)
+        "storage": "auto",
+        "cache_dir": None,  # decode cache and saved splits (default: $UNVEIL_CACHE or ~/.cache/unveil/cache)
     },
     "train": {
         "epochs": 10,  # 0 saves the initial weights: a random-init baseline to evaluate
@@ -195,7 +199,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.monitor_train_size": (int, str, type(None)), "train.monitor_test_size": (int, str, type(None)),
     "train.init_backbone": (str, type(None)),
     "data.root": (str, type(None)), "data.image_size": (int, type(None)), "data.subset": (int, type(None)),
-    "data.test_subset": (int, type(None)), "data.test_fraction": _NUMBER,
+    "data.test_subset": (int, type(None)), "data.test_fraction": _NUMBER, "data.cache_dir": (str, type(None)),
     "out": (str, type(None)),
 }
 
@@ -268,6 +272,7 @@ def validate(cfg: dict[str, Any]) -> None:
     d = cfg["data"]
     require(bool(d["name"]), "data.name is empty: give --data cifar10|cifar100|fashion-mnist|stl10 or a folder")
     require(0 < d["test_fraction"] < 1, f"data.test_fraction must be in (0, 1), got {d['test_fraction']!r}")
+    require(d["storage"] in ("auto", "memory", "disk"), f"data.storage must be auto, memory or disk, got {d['storage']!r}")
     for key in ("image_size", "subset", "test_subset"):
         if d[key] is not None:
             positive_int(f"data.{key}", d[key])

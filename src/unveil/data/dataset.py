@@ -129,14 +129,35 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(num_images: int, size: int, what: str, fraction: float = 0.7) -> None:
-    """Refuse to start a decode that would not fit: fail in a second, not after an hour and an OOM kill."""
-    need = num_images * 3 * size * size
+def fits_in_memory(num_images: int, size: int, copies: int = 1, fraction: float = 0.7) -> bool:
+    """Whether ``copies`` decoded copies (one per process on this node) fit ``fraction`` of MemAvailable."""
+    avail = available_memory()
+    return avail is None or copies * num_images * 3 * size * size <= fraction * avail
+
+
+def check_memory(num_images: int, size: int, what: str, fraction: float = 0.7, copies: int = 1) -> None:
+    """Refuse to start a decode that would not fit: fail in a second, not after an hour and an OOM kill.
+
+    ``copies``: processes on this node that each hold the decoded data (storage in memory)."""
+    need = copies * num_images * 3 * size * size
     avail = available_memory()
     if avail is not None and need > fraction * avail:
         gib = 1024**3
+        times = f" x {copies} processes" if copies > 1 else ""
         raise UserError(
-            f"data: {what} needs {need / gib:.1f} GiB for {num_images} images at {size}x{size}, more than "
-            f"{fraction:.0%} of the {avail / gib:.1f} GiB of available memory: set a smaller data.image_size "
-            "or data.subset"
+            f"data: {what} needs {need / gib:.1f} GiB for {num_images} images at {size}x{size}{times}, more than "
+            f"{fraction:.0%} of the {avail / gib:.1f} GiB of available memory: set data.storage=disk (a "
+            "memory-mapped cache shared by the processes of a node), a smaller data.image_size or data.subset"
+        )
+
+
+def check_disk(num_images: int, size: int, root: Path, free: int | None, what: str) -> None:
+    """Refuse a disk-cache build that would run out of space (``free``: bytes free at ``root``)."""
+    need = num_images * 3 * size * size
+    if free is not None and need > free:
+        gib = 1024**3
+        raise UserError(
+            f"data: {what} needs {need / gib:.1f} GiB of disk for the cache of {num_images} images at {size}x{size} "
+            f"in {root}, but only {free / gib:.1f} GiB are free: set data.cache_dir (or UNVEIL_CACHE) to a path "
+            "with more space, a smaller data.image_size or data.subset"
         )

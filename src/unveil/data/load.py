@@ -1,9 +1,14 @@
-"""``load_data``: one ``--data`` value in, a decoded in-memory ``Dataset`` out.
+"""``load_data``: one ``--data`` value in, a decoded ``Dataset`` out (in RAM or memory-mapped).
 
 The road: resolve the name (registered dataset, Parquet folder, image folder) to labelled pools;
 split train/test when the source has no test split (stratified, seeded, saved); take the subsets;
-check memory; decode each split once (or read it from the cache); resize registered datasets in
-bulk; compute mean/std.
+pick the storage (RAM, or the disk cache of ``unveil.data.diskcache`` when the decoded data times
+the ranks of this node would not fit) and check memory or disk space; decode each split once (or
+read it from the cache); resize registered datasets; compute mean/std.
+
+Every rank may call ``load_data`` at once: what writes to the cache folder (the saved split, a
+cache entry) runs under a lock file there, so the first process builds and the others wait, then
+read what it wrote.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import torch
 
 from ..errors import UserError, require
 from . import cache as cache_mod
+from . import diskcache
 from .dataset import (
     Dataset,
     Split,
     channel_histogram,
     channel_stats,
+    check_disk,
     check_memory,
+    fits_in_memory,
     histogram_stats,
     resize_uint8,
     stratified_pick,
@@ -35,6 +43,7 @@ from .registry import REGISTERED, canonical_name, data_root, registered_source
 from .source import Pool, Source
 
 _SUBSET_SALT, _TEST_SUBSET_SALT = 1_000_003, 2_000_003  # different streams from one split_seed
+STORAGES = ("auto", "memory", "disk")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -72,6 +81,13 @@ def saved_split(
     themselves with the same rule, and the file is updated.
     """
     path = cache_mod.split_path(root, where, test_fraction, seed)
+    with diskcache.file_lock(path.with_name(path.name + ".lock")):
+        return _saved_split(pool, where, test_fraction, seed, path)
+
+
+def _saved_split(
+    pool: Pool, where: str, test_fraction: float, seed: int, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
     ids = pool.ids()
     saved = cache_mod.load_split(path)
     side = np.full(len(ids), -1, dtype=np.int8)  # 0 train, 1 test, -1 not yet assigned
@@ -108,15 +124,27 @@ def saved_split(
 def _decode_cached(pool: Pool, size: int, label: str, root: Path) -> tuple[Split, Counter[str], torch.Tensor]:
     """Decode pool at size through the cache: (split, skip reasons, channel histogram)."""
     parts = pool.cache_key()
-    path = None
-    if parts is not None:
-        key = cache_mod.digest(cache_mod.VERSION, parts, size)
-        path = root / f"{cache_mod.slug(label)}-{size}px-{key}.safetensors"
-        hit = cache_mod.load_tensors(path)
-        if hit is not None and {"images", "labels", "hist"} <= hit[0].keys():
-            tensors, meta = hit
-            split = Split(tensors["images"], tensors["labels"])
-            return split, Counter(meta.get("skipped", {})), tensors["hist"]
+    if parts is None:
+        return _decode_in_memory(pool, size, None)
+    key = cache_mod.digest(cache_mod.VERSION, parts, size)
+    path = root / f"{cache_mod.slug(label)}-{size}px-{key}.safetensors"
+    hit = _cached_tensors(path)
+    if hit is not None:
+        return hit
+    with diskcache.file_lock(path.with_name(path.name + ".lock")):
+        hit = _cached_tensors(path)  # written by another process while this one waited
+        return hit if hit is not None else _decode_in_memory(pool, size, path)
+
+
+def _cached_tensors(path: Path) -> tuple[Split, Counter[str], torch.Tensor] | None:
+    hit = cache_mod.load_tensors(path)
+    if hit is None or not {"images", "labels", "hist"} <= hit[0].keys():
+        return None
+    tensors, meta = hit
+    return Split(tensors["images"], tensors["labels"]), Counter(meta.get("skipped", {})), tensors["hist"]
+
+
+def _decode_in_memory(pool: Pool, size: int, path: Path | None) -> tuple[Split, Counter[str], torch.Tensor]:
     images, status = pool.decode(size)
     keep = status == OK
     labels = torch.from_numpy(pool.labels.astype(np.int64))
@@ -156,12 +184,23 @@ def load_data(
     split_seed: int = 0,
     download: bool = True,
     cache_dir: str | None = None,
+    storage: str = "auto",
+    local_ranks: int = 1,
 ) -> Dataset:
     """Resolve ``name`` (registered dataset, Parquet folder or image folder) to a decoded Dataset.
 
     Decoded splits are cached in ``cache_dir`` and splits made here are saved there (see
     ``unveil.data.cache``); a second call with the same arguments reads them back.
+
+    ``storage``: ``memory`` decodes into RAM (one copy per process); ``disk`` memory-maps a uint8
+    cache file that all processes of a node share through the page cache (``unveil.data.diskcache``);
+    ``auto`` takes memory when ``local_ranks`` copies (the processes on this node) fit the memory
+    check, else disk, saying so in one line. Images already held in memory by their loader
+    (torchvision/IDX arrays of registered datasets) always stay in memory.
     """
+    require(storage in STORAGES, f"data.storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    require(isinstance(local_ranks, int) and not isinstance(local_ranks, bool) and local_ranks > 0,
+            f"local_ranks must be a positive integer, got {local_ranks!r}")
     _positive("image_size", image_size)
     _positive("subset", subset)
     _positive("test_subset", test_subset)
@@ -186,10 +225,26 @@ def load_data(
     if test_subset is not None:
         test = test.take(stratified_pick(test.labels, test_subset, split_seed * _TEST_SUBSET_SALT + 2))
     size = image_size or source.default_size
-    check_memory(len(train) + len(test), max(size, source.native_size or 0), f"data.name={name}")
     decode_size = source.native_size or size
-    train_split, skipped, hist = _decode_cached(train, decode_size, f"{source.name}-train", cache_root)
-    test_split, skipped_test, _ = _decode_cached(test, decode_size, f"{source.name}-test", cache_root)
+    what, count, peak = f"data.name={name}", len(train) + len(test), max(size, source.native_size or 0)
+    keys = [train.cache_key(), test.cache_key()]
+    if None in keys:  # arrays already in memory (torchvision/IDX): nothing to map
+        storage = "memory"
+    elif storage == "auto" and not fits_in_memory(count, peak, local_ranks):
+        storage = "disk"
+        print(f"unveil: {count} images at {peak}x{peak} x {local_ranks} process(es) on this node do not fit in "
+              f"memory; using the disk cache in {cache_root} (data.storage=disk)", file=sys.stderr)
+    if storage == "disk":
+        paths = [diskcache.cache_path(key, decode_size, size, f"{source.name}-{side}", cache_root)
+                 for key, side in zip(keys, ("train", "test"))]
+        missing = sum(len(p) for p, path in zip((train, test), paths) if not path.is_file())
+        check_disk(missing, size, cache_root, diskcache.free_bytes(cache_root), what)
+        train_split, skipped, hist = diskcache.disk_split(train, paths[0], decode_size, size)
+        test_split, skipped_test, _ = diskcache.disk_split(test, paths[1], decode_size, size)
+    else:
+        check_memory(count, peak, what, copies=local_ranks)
+        train_split, skipped, hist = _decode_cached(train, decode_size, f"{source.name}-train", cache_root)
+        test_split, skipped_test, _ = _decode_cached(test, decode_size, f"{source.name}-test", cache_root)
     _report_skipped(source, skipped + skipped_test, len(train) + len(test))
     require(len(train_split) > 0, f"data.name: no readable training images in {source.where}")
     require(
