@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# One prepared GPU check: the benchmark suites' `gpu` scale under one time budget.
+# One prepared GPU check, under one time budget (default 480 s = 8 minutes on one H100/H200):
+#   (a) one training step of every registered method through the engine   scripts/gpu_steps.py   -> OUT/steps/
+#   (b) SimCLR ResNet-18 images/s at 32 and 224 px: unveil vs lightly vs the floor  benchmarks/bench_gpu.py -> OUT/bench/
+#   (c) the benchmark suites' `gpu` scale, in what is left of the budget         unveil bench       -> OUT/<suite>/
+#   (d) OUT/summary.md: the environment, every table, each part's status and wall time
 #
-#   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480]
-#   bash scripts/gpu-check.sh --tiny            # CPU, `smoke` scale: what CI runs (tests/test_gpu_check.py)
+#   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480] [--parts a,b,c]
+#   bash scripts/gpu-check.sh --tiny --data DIR --out DIR   # CPU, tiny (a)/(b) + suites at `smoke`: CI
 #
-# The GPU machine has no ../shared: copy CIFAR-10's Parquet files (train.parquet, test.parquet) into a
-# git-ignored folder of the repo (e.g. .gpu-data/cifar10, listed in .git/info/exclude) and `carry` it.
-# Suites run in the order below, each under what is left of the budget (`timeout`); a suite stopped by
-# the budget keeps every finished entry in its results.md (suites resume, so rerunning continues).
-# Python: .venv/bin/python if the checkout has one, else python3; unveil is installed (`pip install -e .`) when
-# it cannot be imported -- a machine without network needs torch/torchvision and unveil's dependencies
-# installed already (or a carried wheelhouse: PIP_FIND_LINKS=DIR PIP_NO_INDEX=1).
-# Everything lands under --out: env.txt (machine, torch, GPU), one folder per suite (results.md/.csv,
-# per-entry times in bench_timings.json), summary.md (tables + wall times).
-set -euo pipefail
+# The GPU machine has no ../shared and no network: copy CIFAR-10's Parquet files into a git-ignored folder
+# of the repo (.gpu-data/cifar10, listed in .git/info/exclude) and carry it. unveil runs from the checkout
+# (src/ on PYTHONPATH when `import unveil` fails; nothing is installed); wheels in a carried .whl/ folder
+# (lightly, omegaconf, antlr4-python3-runtime: pure Python) are unpacked into a temporary folder on
+# PYTHONPATH when lightly or omegaconf cannot be imported. Python: $GPU_CHECK_PYTHON, else .venv/bin/python,
+# else python3. Each part runs under its own timeout (a <= 150 s, b <= 120 s, c: the rest); a part that fails
+# or times out is recorded with its last lines in summary.md and the next part runs. Exit 0 only when every
+# part passed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-data="" out="runs/gpu-check" budget=480 tiny=0 device=""
+data="" out="runs/gpu-check" budget=480 tiny=0 device="" parts="a,b,c" a_max=150 b_max=120
 suites=(mixtures masked-siamese masked-modelling)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,7 +28,8 @@ while [ $# -gt 0 ]; do
     --tiny) tiny=1; shift ;;
     --device) device="$2"; shift 2 ;;
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --parts) parts="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -34,50 +38,113 @@ if [ -n "$data" ]; then
   UNVEIL_CIFAR10="$(cd "$data" && pwd)"; export UNVEIL_CIFAR10
 fi
 [ -n "${UNVEIL_CIFAR10:-}" ] || { echo "gpu-check: give --data CIFAR10_PARQUET_DIR (or set UNVEIL_CIFAR10)" >&2; exit 2; }
+case "$budget" in ''|*[!0-9]*) echo "gpu-check: --budget-s must be a whole number of seconds, got '$budget'" >&2; exit 2 ;; esac
+
 py=python3
 if [ -x .venv/bin/python ]; then py=.venv/bin/python; fi
-if ! "$py" -c "import unveil" 2>/dev/null; then
-  "$py" -m pip install -q -e . || { echo "gpu-check: could not install unveil" >&2; exit 2; }
+py="${GPU_CHECK_PYTHON:-$py}"
+setup_note=""
+if compgen -G ".whl/*.whl" >/dev/null && ! "$py" -c "import lightly, omegaconf" 2>/dev/null; then
+  site="${TMPDIR:-/tmp}/unveil-site-$$"
+  rm -rf "$site"
+  if ! "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl 2>/dev/null; then
+    rm -rf "$site"  # no pip: pure-Python wheels are zip files that unpack as installed
+    "$py" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" "$site" .whl/*.whl \
+      || { echo "gpu-check: could not unpack the wheels in .whl/" >&2; exit 2; }
+  fi
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$site"
+  setup_note="wheels from .whl/ unpacked into $site; "
 fi
+if ! "$py" -c "import unveil" 2>/dev/null; then
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  setup_note="${setup_note}unveil from $PWD/src (PYTHONPATH, not installed)"
+fi
+if ! err=$("$py" -c "import unveil.cli, unveil.train.engine" 2>&1); then
+  echo "gpu-check: unveil cannot be imported with $py: $(printf '%s\n' "$err" | tail -1)" >&2; exit 2
+fi
+
 scale=gpu
-extra=()
 if [ "$tiny" = 1 ]; then scale=smoke; device="${device:-cpu}"; fi
-if [ -n "$device" ]; then extra+=("train.device=$device"); fi
+device="${device:-cuda}"
+tiny_flag=()
+if [ "$tiny" = 1 ]; then tiny_flag=(--tiny); a_max=$budget b_max=$budget; fi
 mkdir -p "$out"
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "host: $(uname -n) $(uname -m); cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1); cores: $(nproc)"
+  echo "python: $py ($("$py" -c 'import sys; print(sys.version.split()[0])')); ${setup_note:-unveil installed}"
+  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   "$py" - <<'PY'
 import torch
-print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
+print(f"torch {torch.__version__}; cuda {torch.version.cuda}; cuda available: {torch.cuda.is_available()}")
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"gpu: {p.name}, {p.total_memory / 2**30:.0f} GiB, bf16: {torch.cuda.is_bf16_supported()}")
+for name in ("torchvision", "timm", "lightly", "omegaconf"):
+    try:
+        print(f"{name} {__import__(name).__version__}")
+    except ImportError:
+        print(f"{name}: not importable")
 PY
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 start=$(date +%s)
 summary="$out/summary.md"
-printf '# gpu-check (%s scale)\n\n' "$scale" >"$summary"
-sed 's/^/    /' "$out/env.txt" >>"$summary"
 status=0
-for suite in "${suites[@]}"; do
-  left=$(( budget - ($(date +%s) - start) ))
-  if [ "$left" -le 10 ]; then echo "gpu-check: budget spent before $suite" | tee -a "$summary"; status=1; continue; fi
+parts_md=""   # the per-part sections, written into summary.md after each part (a cut run keeps what finished)
+
+write_summary() {
+  {
+    printf '# gpu-check (%s, suites at %s scale)\n\n' "$device" "$scale"
+    sed 's/^/    /' "$out/env.txt"
+    printf '%s' "$parts_md"
+    printf '\ntotal wall: %d s of a %d s budget\n' "$(( $(date +%s) - start ))" "$budget"
+  } >"$summary.tmp" && mv "$summary.tmp" "$summary"
+}
+
+# run_part TITLE LIMIT LOG TABLE -- COMMAND...: COMMAND under `timeout LIMIT`, its output in LOG; records the
+# outcome, the wall time, TABLE (a Markdown file) when it exists and, on failure, the last lines of LOG.
+run_part() {
+  local title="$1" limit="$2" log="$3" table="$4"; shift 5
+  local left=$(( budget - ($(date +%s) - start) ))
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$limit" -le 10 ]; then
+    parts_md+=$(printf '\n## %s: not run (budget spent)\n' "$title")$'\n'; status=1; write_summary; return
+  fi
+  echo "gpu-check: $title (limit $limit s)"
+  local t0 rc=0 note
   t0=$(date +%s)
-  rc=0
-  timeout --signal=INT --kill-after=20 "$left" "$py" -m unveil.cli bench "$suite" --scale "$scale" \
-    --out "$out/$suite" "${extra[@]}" train.progress=false || rc=$?
-  took=$(( $(date +%s) - t0 ))
+  timeout --signal=INT --kill-after=20 "$limit" "$@" >"$log" 2>&1 || rc=$?
+  local took=$(( $(date +%s) - t0 ))
   case "$rc" in
-    0) note="finished" ;;
-    124|130|137) note="stopped by the ${budget}s budget (finished entries are in the table)"; status=1 ;;
+    0) note="passed" ;;
+    124|130|137) note="stopped by its ${limit} s limit (finished rows are in the table)"; status=1 ;;
     *) note="failed (exit $rc)"; status=1 ;;
   esac
-  printf '\n## %s: %s in %d s\n\n' "$suite" "$note" "$took" >>"$summary"
-  if [ -f "$out/$suite/results.md" ]; then cat "$out/$suite/results.md" >>"$summary"; fi
-done
-printf '\ntotal wall: %d s of a %d s budget\n' "$(( $(date +%s) - start ))" "$budget" >>"$summary"
-echo "gpu-check: wrote $summary"
+  echo "gpu-check: $title: $note in $took s"
+  parts_md+=$(printf '\n## %s: %s in %d s\n\n' "$title" "$note" "$took")$'\n\n'
+  if [ -f "$table" ]; then parts_md+="$(cat "$table")"$'\n'; fi
+  if [ "$rc" != 0 ]; then
+    parts_md+=$'\nlast lines of '"$log"$':\n\n'"$(tail -n 15 "$log" | sed 's/^/    /')"$'\n'
+  fi
+  write_summary
+}
+
+if [[ ",$parts," == *",a,"* ]]; then
+  run_part "(a) one step of every method" "$a_max" "$out/steps.log" "$out/steps/steps.md" -- \
+    "$py" scripts/gpu_steps.py --device "$device" --out "$out/steps" --budget-s "$a_max" ${tiny_flag[@]+"${tiny_flag[@]}"}
+fi
+if [[ ",$parts," == *",b,"* ]]; then
+  run_part "(b) SimCLR ResNet-18 images/s: unveil, lightly, floor" "$b_max" "$out/bench.log" "$out/bench/bench_gpu.md" -- \
+    "$py" benchmarks/bench_gpu.py --device "$device" --out "$out/bench" ${tiny_flag[@]+"${tiny_flag[@]}"}
+fi
+if [[ ",$parts," == *",c,"* ]]; then
+  for suite in "${suites[@]}"; do
+    run_part "(c) suite $suite at $scale scale" "$budget" "$out/$suite.log" "$out/$suite/results.md" -- \
+      "$py" -m unveil.cli bench "$suite" --scale "$scale" --out "$out/$suite" "train.device=$device" train.progress=false
+  done
+fi
+write_summary
+echo "gpu-check: wrote $summary ($( [ "$status" = 0 ] && echo 'every part passed' || echo 'some part did not pass'))"
 exit "$status"
