@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..io import atomic_write_text
 from . import cache as cache_mod
 from .dataset import Split, channel_histogram, resize_uint8
 from .decode import OK, _decode_chunk, count_skipped, default_workers
@@ -233,9 +234,10 @@ def _chunk_items(pool: Any, bounds: list[tuple[int, int]], todo: list[int], grou
             yield k, items[a - lo : b - lo]
 
 
-def build(path: Path, pool: Any, decode_size: int, size: int, workers: int | None = None) -> None:
+def build(path: Path, pool: Any, decode_size: int, size: int, workers: int | None = None,
+          announce: bool = True) -> None:
     """Decode ``pool`` into the cache file ``path`` (resuming an interrupted build); the caller holds
-    the lock."""
+    the lock. ``announce``: say so in one line (a rebuild has said it already)."""
     n, row = len(pool), 3 * size * size
     chunk = chunk_rows(n, row)
     bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
@@ -252,6 +254,8 @@ def build(path: Path, pool: Any, decode_size: int, size: int, workers: int | Non
             if flat is None or zlib.crc32(flat[lo : lo + done[k]["good"]]) != done[k]["crc"]:
                 del done[k]
         del flat
+        lines = [json.dumps(head, sort_keys=True)] + [json.dumps(done[k]) for k in sorted(done)]
+        atomic_write_text(journal_path, "\n".join(lines) + "\n")  # without a line torn by the kill
         print(f"unveil: resuming the cache build of {path}: {len(done)} of {len(bounds)} chunks reused",
               file=sys.stderr)
     else:
@@ -261,8 +265,9 @@ def build(path: Path, pool: Any, decode_size: int, size: int, workers: int | Non
     workers = default_workers() if workers is None else workers
     todo = [k for k in range(len(bounds)) if k not in done]
     gib = n * row / 1024**3
-    print(f"unveil: decoding {n} images at {size}x{size} ({gib:.2f} GiB) into the disk cache {path} "
-          f"({len(todo)} chunks, {workers} worker(s))", file=sys.stderr)
+    if announce and not done:
+        print(f"unveil: decoding {n} images at {size}x{size} ({gib:.2f} GiB) into the disk cache {path} "
+              f"({len(todo)} chunks, {workers} worker(s))", file=sys.stderr)
     journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND)
     try:
         for k, (status, crc, hist, pixels) in _run_chunks(str(partial), pool, bounds, todo, decode_size, size,
@@ -370,6 +375,8 @@ def disk_split(pool: Any, path: Path, decode_size: int, size: int,
         except Damaged as exc:
             print(f"unveil: cache file {path} is damaged ({exc}); rebuilding it", file=sys.stderr)
             path.unlink(missing_ok=True)
+            build(path, pool, decode_size, size, workers, announce=False)
+            return _quiet_open(path)
         build(path, pool, decode_size, size, workers)
         return _quiet_open(path)
 
