@@ -7,6 +7,7 @@ and methods; nothing here knows the engine.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
@@ -21,8 +22,12 @@ def load_dataset_for(cfg: dict[str, Any]):
     from .data import load_data
 
     d = cfg["data"]
+    # processes on this node (torchrun sets it): each holds its own copy of in-memory data, so the
+    # choice between RAM and the shared disk cache counts them
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return load_data(d["name"], root=d["root"], image_size=d["image_size"], subset=d["subset"],
-                     test_subset=d["test_subset"], test_fraction=d["test_fraction"], split_seed=d["split_seed"])
+                     test_subset=d["test_subset"], test_fraction=d["test_fraction"], split_seed=d["split_seed"],
+                     cache_dir=d.get("cache_dir"), storage=d.get("storage", "auto"), local_ranks=local_ranks)
 
 
 def data_info_of(dataset) -> dict[str, Any]:

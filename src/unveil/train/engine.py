@@ -155,12 +155,10 @@ def _start(cfg: dict[str, Any], resume: str | Path | None) -> _Run:
 
 
 def _load_data(run: _Run) -> None:
-    """Rank 0 decodes and caches the data first; the others then read the cache."""
-    if run.rank != 0:
-        dist.barrier()
+    """Every rank loads at once: the data layer's lock files let the first process on a cache folder
+    decode and write it while the others wait (no barrier, so a build longer than the process
+    group's timeout is fine), then read it; nodes with their own cache folder each build their own."""
     run.dataset = load_dataset_for(run.cfg)
-    if run.rank == 0:
-        dist.barrier()
     n, batch = len(run.dataset.train.images), run.t["batch_size"]
     if batch == "auto":
         run.batch_size, run.batch_note = auto_batch_size(n // run.world, run.t["accumulate_steps"])
