@@ -247,7 +247,8 @@ def main() -> int:
     except ImportError:
         lightly_version = "not installed"
     with_lightly = lightly_version != "not installed" and not args.no_lightly
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    gpu = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible") if device.type == "cuda" \
+        else f"cpu ({torch.get_num_threads()} threads)"
     header = {"gpu": gpu, "torch": torch.__version__, "lightly": lightly_version, "python": sys.version.split()[0],
               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "rounds": rounds, "steps": steps, "warmup": warmup}
     out = Path(args.out)

@@ -92,7 +92,7 @@ def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path)
             overrides.append(f"train.precision={args.precision}")
         cfg = resolve(recipe, overrides)
         device = torch.device(args.device)
-        if device.type == "cuda":
+        if device.type == "cuda" and torch.cuda.is_available():  # else prepare says so in one line
             torch.cuda.reset_peak_memory_stats()
         run = engine.prepare(cfg)
         row.update(precision=run.precision, channels_last=bool(run.t["channels_last"]), batch=run.batch_size)
@@ -173,7 +173,8 @@ def main() -> int:
     if args.compile is None:
         args.compile = "simclr,mae" if args.device == "cuda" and not args.tiny else ""
     start = time.perf_counter()
-    methods = args.methods.split(",") if args.methods else available()
+    registered = available()  # imports every method module (fills the registry recipe_for reads)
+    methods = args.methods.split(",") if args.methods else registered
     compiled = [m for m in args.compile.split(",") if m]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     header = {"device": args.device, "torch": torch.__version__, "gpu": gpu, "python": sys.version.split()[0],

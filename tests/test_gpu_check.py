@@ -1,39 +1,106 @@
-"""scripts/gpu-check.sh in its CPU mode (`--tiny`): both siamese suites at `smoke` scale on real
-CIFAR-10 images, through the same script a GPU machine runs at `gpu` scale."""
+"""scripts/gpu-check.sh in its CPU mode (`--tiny`): (a) one engine step of every registered method,
+(b) the SimCLR images/s table (unveil, lightly, floor), (c) every suite at `smoke` scale on real
+CIFAR-10 images, through the same script a GPU machine runs; plus the part isolation (a part that
+fails is recorded and the next one runs) and the one-line refusals."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import math
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from unveil.bench.spec import load_suite
+from unveil.config import resolve
+from unveil.methods import available
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = ("mixtures", "masked-siamese")
+SUITES = ("mixtures", "masked-siamese", "masked-modelling")  # the script's default (c)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _gpu_steps():
+    spec = importlib.util.spec_from_file_location("gpu_steps", REPO / "scripts" / "gpu_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 @pytest.mark.slow
-def test_gpu_check_tiny_runs_both_suites_at_smoke(cifar10_dir, tmp_path):
+def test_gpu_check_tiny_runs_every_part(cifar10_dir, tmp_path):
     out = tmp_path / "gpu-check"
     env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--tiny", "--data", str(cifar10_dir),
                            "--out", str(out), "--budget-s", "1500"], env=env, capture_output=True, text=True,
                           timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     summary = (out / "summary.md").read_text()
     assert "torch" in (out / "env.txt").read_text()
+    # (a): a row per registered method, each ok with a finite loss from a timed step
+    assert "## (a) one step of every method: passed" in summary
+    steps = _rows(out / "steps" / "steps.csv")
+    assert [r["method"] for r in steps] == available()
+    for r in steps:
+        assert r["status"] == "ok" and r["finite"] == "True", r
+        assert math.isfinite(float(r["loss"])) and float(r["step_s"]) > 0, r
+    assert (out / "steps" / "steps.md").is_file() and (out / "steps" / "steps.json").is_file()
+    # (b): every contender at both sizes, positive images/s, ratios against lightly and the floor
+    assert "## (b) SimCLR ResNet-18 images/s: unveil, lightly, floor: passed" in summary
+    bench = _rows(out / "bench" / "bench_gpu.csv")
+    lightly = importlib.util.find_spec("lightly") is not None
+    wanted = {"unveil full", "unveil views", "floor"} | ({"lightly", "lightly cl"} if lightly else set())
+    for size in ("32", "64"):
+        got = {r["contender"]: r for r in bench if r["size"] == size}
+        assert set(got) == wanted, (size, sorted(got))
+        for r in got.values():
+            assert float(r["images_per_s"]) > 0 and float(r["vs_floor"]) > 0, r
+    assert (out / "bench" / "bench_gpu.md").is_file() and (out / "bench" / "bench_gpu.json").is_file()
+    # (c): every suite entry done at smoke scale and evaluated
     for suite in SUITES:
-        assert f"## {suite}: finished" in summary
-        with (out / suite / "results.csv").open() as f:
-            rows = {r["entry"]: r for r in csv.DictReader(f)}
+        assert f"## (c) suite {suite} at smoke scale: passed" in summary
+        rows = {r["entry"]: r for r in _rows(out / suite / "results.csv")}
         assert list(rows) == load_suite(suite).entry_names()
         for entry, row in rows.items():
             assert row["status"] == "done" and row["scale"] == "smoke", (suite, entry, row["status"])
             assert row["knn_top1"] != "", (suite, entry)  # every entry was evaluated (a number, not a dash)
+    assert "total wall:" in summary
+
+
+@pytest.mark.slow  # ~20 s: two subprocesses import torch and unveil
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA, where (a) and (b) must fail")
+def test_a_failing_part_is_recorded_and_the_next_part_runs(cifar10_dir, tmp_path):
+    out = tmp_path / "gc"
+    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--device", "cuda", "--parts", "a,b",
+                           "--data", str(cifar10_dir), "--out", str(out), "--budget-s", "300"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "## (a) one step of every method: failed (exit 1)" in summary
+    assert "## (b) SimCLR ResNet-18 images/s: unveil, lightly, floor: failed (exit 1)" in summary
+    assert summary.count("last lines of") == 2
+    steps = _rows(out / "steps" / "steps.csv")
+    # one failure did not stop the other methods (nor the torch.compile rows a CUDA run adds)
+    assert [r["method"] for r in steps if r["compile"] == "False"] == available()
+    assert all(r["status"] == "failed" and "no CUDA GPU is visible" in r["error"] for r in steps), steps
+
+
+def test_every_method_gets_a_recipe_that_resolves_on_cifar10():
+    gpu_steps = _gpu_steps()
+    for method in available():
+        recipe = gpu_steps.recipe_for(method)
+        cfg = resolve(recipe, [f"method.name={method}", "data.name=cifar10"])
+        assert cfg["method"]["name"] == method, (method, recipe)
+    assert gpu_steps.recipe_for("mae") == "mae_cifar10"  # the method's default_recipe wins
 
 
 def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path):
