@@ -7,7 +7,7 @@ bf16 autocast where the device has it, channels_last), then stepped with ``engin
 one warm-up step (cuDNN autotuning, allocator), then one timed step (synchronised on CUDA).
 ``--compile`` adds rows with ``train.compile=true`` (first step = compilation, timed separately).
 
-Per row: ok / failed (the error's last line), the loss and whether it is finite, the warm-up and
+Per row: ok / failed (the error's last line) / timeout (a compile row past the budget left) / skipped, the loss and whether it is finite, the warm-up and
 step times, and the peak GPU memory. A failing method never stops the others; the tables
 (steps.md / steps.csv / steps.json under ``--out``) are rewritten after every row, so a run cut
 short by a timeout keeps what it finished. Exit code 0 only when every row is ok.
@@ -24,6 +24,7 @@ import gc
 import io
 import json
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -73,8 +74,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """Build the run through the engine and time a warm-up step and one more; never raises."""
+class TimeLimit(Exception):
+    """A row ran past its time limit (a torch.compile that takes longer than the budget left)."""
+
+
+_ALARM = {"fired": False}
+
+
+def _alarm(_signum: int, _frame: Any) -> None:
+    _ALARM["fired"] = True  # torch.compile may wrap the exception (InductorError): the flag says what happened
+    raise TimeLimit("did not finish in its time limit")
+
+
+def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path, limit_s: int = 0) -> dict[str, Any]:
+    """Build the run through the engine and time a warm-up step and one more; never raises.
+    ``limit_s`` > 0: the row stops after that many seconds (status ``timeout``)."""
     from unveil.train import engine
 
     recipe = recipe_for(method)
@@ -82,6 +96,10 @@ def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path)
                            "loss": None, "finite": False, "warmup_s": None, "step_s": None, "peak_mem_mib": None,
                            "batch": args.batch_size, "precision": "", "channels_last": "", "error": ""}
     run = None
+    _ALARM["fired"] = False
+    if limit_s > 0:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(limit_s)
     try:
         overrides = [f"method.name={method}", "data.name=cifar10", f"data.subset={args.subset}",
                      f"data.test_subset={args.test_subset}", f"train.batch_size={args.batch_size}",
@@ -119,11 +137,16 @@ def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path)
         if run.device.type == "cuda":
             row["peak_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     except Exception as exc:  # noqa: BLE001 - one method's failure is a row, never the end of the others
+        if _ALARM["fired"]:
+            row.update(status="timeout", error=f"did not finish in the {limit_s} s left of --budget-s (compilation "
+                                               "included)")
+            return row
         lines = traceback.format_exc().strip().splitlines()
         where = next((ln.strip() for ln in reversed(lines) if ln.strip().startswith("File ")), "")
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} [{where}]"
         print(traceback.format_exc(), file=sys.stderr, flush=True)
     finally:
+        signal.alarm(0)
         del run
         gc.collect()
         if torch.cuda.is_available():
@@ -183,21 +206,24 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gpu_steps-") as tmp:
         for method, compile_ in [*((m, False) for m in methods), *((m, True) for m in compiled)]:
-            if compile_ and args.budget_s and time.perf_counter() - start > args.budget_s * 0.5:
+            # a compile row gets what is left of --budget-s (less 10 s to write the tables); under 30 s: skipped
+            left = int(args.budget_s - (time.perf_counter() - start) - 10) if args.budget_s else 0
+            if compile_ and args.budget_s and left < 30:
                 rows.append({c: None for c in COLUMNS} | {"method": method, "compile": True, "status": "skipped",
-                                                          "error": f"half of the {args.budget_s:.0f} s budget spent"})
+                                                          "error": f"{args.budget_s:.0f} s budget spent"})
             else:
                 print(f"gpu_steps: {method}{' (compile)' if compile_ else ''} ...", flush=True)
-                rows.append(one_method(method, compile_, args, Path(tmp)))
+                rows.append(one_method(method, compile_, args, Path(tmp), left if compile_ else 0))
                 r = rows[-1]
                 print(f"gpu_steps: {method}: {r['status']} loss {r['loss']} step {r['step_s']} s "
                       f"peak {r['peak_mem_mib']} MiB {r['error']}", flush=True)
             write_tables(out, rows, header)
     header["wall_s"] = round(time.perf_counter() - start, 1)
     write_tables(out, rows, header)
-    bad = [r["method"] + (" (compile)" if r["compile"] else "") for r in rows if r["status"] == "failed"]
-    print(f"gpu_steps: {len(rows) - len(bad)} of {len(rows)} rows not failed in {header['wall_s']} s"
-          + (f"; failed: {', '.join(bad)}" if bad else ""), flush=True)
+    bad = [r["method"] + (" (compile)" if r["compile"] else "") + f": {r['status']}" for r in rows
+           if r["status"] not in ("ok", "skipped")]
+    print(f"gpu_steps: {sum(r['status'] == 'ok' for r in rows)} of {len(rows)} rows ok in {header['wall_s']} s"
+          + (f"; not ok: {', '.join(bad)}" if bad else ""), flush=True)
     return 1 if bad else 0
 
 
