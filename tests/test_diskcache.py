@@ -288,6 +288,16 @@ def test_auto_storage_counts_ranks_and_errors_are_one_line(folder, tmp_path, mon
     err = capfd.readouterr().err
     assert "301 images at 32x32 x 4 process(es) on this node do not fit in memory; using the disk cache" in err
     assert len(list((tmp_path / "b").glob("*.u8"))) == 2 and len(disk.train) + len(disk.test) == 300
+    # under torchrun, every process of a job takes the first process's decision, even if memory changed since
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path / "j"), local_ranks=2)  # decides memory
+    monkeypatch.setattr(dataset_mod, "available_memory", lambda: int(need / 0.7 * 1.5))  # room for 1 copy now
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path / "j"), local_ranks=2)  # reads memory
+    assert "disk cache" not in capfd.readouterr().err and not list((tmp_path / "j").glob("*.u8"))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # a new job decides again
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path / "j"), local_ranks=2)
+    assert "using the disk cache" in capfd.readouterr().err and len(list((tmp_path / "j").glob("*.u8"))) == 2
+    monkeypatch.setattr(dataset_mod, "available_memory", lambda: int(need / 0.7 * 2.5))
     with pytest.raises(UserError, match=r"x 4 processes, more than 70% .* set data.storage=disk") as exc:
         load_data(str(folder), image_size=32, cache_dir=str(tmp_path / "c"), storage="memory", local_ranks=4)
     assert "\n" not in str(exc.value)

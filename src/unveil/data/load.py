@@ -13,6 +13,7 @@ read what it wrote.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow as pa
 import torch
 
 from ..errors import UserError, require
+from ..io import atomic_write_text
 from . import cache as cache_mod
 from . import diskcache
 from .dataset import (
@@ -160,6 +162,37 @@ def _decode_in_memory(pool: Pool, size: int, path: Path | None) -> tuple[Split, 
     return split, skipped, hist
 
 
+def _pick_storage(count: int, size: int, local_ranks: int, root: Path, entry: list) -> tuple[str, bool]:
+    """(memory or disk, whether this process decided), the same in every process of one torchrun job.
+
+    Alone, a process just checks. Several processes check at different moments (one may check while
+    another already holds its copy in RAM, and then decide otherwise), so under torchrun the first
+    to decide writes the answer to ``decisions/<key>`` in the cache folder, keyed by the job's
+    TORCHELASTIC_RUN_ID and the entry, and the others read it (and check memory for their own copy
+    only: the decider counted all of them)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+
+    def decide() -> str:
+        return "memory" if fits_in_memory(count, size, local_ranks) else "disk"
+
+    if local_ranks == 1 or not run_id:
+        return decide(), True
+    path = root / "decisions" / cache_mod.digest(cache_mod.VERSION, run_id, entry, local_ranks)
+    with diskcache.file_lock(path.with_name(path.name + ".lock")):
+        try:
+            saved = path.read_text().strip()
+            if saved in ("memory", "disk"):
+                return saved, False
+        except OSError:
+            pass
+        storage = decide()
+        try:
+            atomic_write_text(path, storage)
+        except (OSError, UserError):
+            pass  # an unwritable cache folder: each process decides alone
+        return storage, True
+
+
 def _report_skipped(source: Source, decoded: Counter[str], items: int) -> None:
     """Everything left out, listing and decoding together, as ONE stderr line (or none)."""
     skipped = source.skipped + decoded
@@ -195,7 +228,8 @@ def load_data(
     ``storage``: ``memory`` decodes into RAM (one copy per process); ``disk`` memory-maps a uint8
     cache file that all processes of a node share through the page cache (``unveil.data.diskcache``);
     ``auto`` takes memory when ``local_ranks`` copies (the processes on this node) fit the memory
-    check, else disk, saying so in one line. Images already held in memory by their loader
+    check, else disk, saying so in one line (under torchrun: decided once per job, see
+    ``_pick_storage``). Images already held in memory by their loader
     (torchvision/IDX arrays of registered datasets) always stay in memory.
     """
     require(storage in STORAGES, f"data.storage must be one of {', '.join(STORAGES)}, got {storage!r}")
@@ -227,13 +261,15 @@ def load_data(
     size = image_size or source.default_size
     decode_size = source.native_size or size
     what, count, peak = f"data.name={name}", len(train) + len(test), max(size, source.native_size or 0)
-    keys = [train.cache_key(), test.cache_key()]
+    keys, copies = [train.cache_key(), test.cache_key()], local_ranks
     if None in keys:  # arrays already in memory (torchvision/IDX): nothing to map
         storage = "memory"
-    elif storage == "auto" and not fits_in_memory(count, peak, local_ranks):
-        storage = "disk"
-        print(f"unveil: {count} images at {peak}x{peak} x {local_ranks} process(es) on this node do not fit in "
-              f"memory; using the disk cache in {cache_root} (data.storage=disk)", file=sys.stderr)
+    elif storage == "auto":
+        storage, decided = _pick_storage(count, peak, local_ranks, cache_root, [keys, decode_size, size])
+        copies = local_ranks if decided else 1
+        if storage == "disk" and decided:
+            print(f"unveil: {count} images at {peak}x{peak} x {local_ranks} process(es) on this node do not fit "
+                  f"in memory; using the disk cache in {cache_root} (data.storage=disk)", file=sys.stderr)
     if storage == "disk":
         paths = [diskcache.cache_path(key, decode_size, size, f"{source.name}-{side}", cache_root)
                  for key, side in zip(keys, ("train", "test"))]
@@ -242,7 +278,7 @@ def load_data(
         train_split, skipped, hist = diskcache.disk_split(train, paths[0], decode_size, size)
         test_split, skipped_test, _ = diskcache.disk_split(test, paths[1], decode_size, size)
     else:
-        check_memory(count, peak, what, copies=local_ranks)
+        check_memory(count, peak, what, copies=copies)
         train_split, skipped, hist = _decode_cached(train, decode_size, f"{source.name}-train", cache_root)
         test_split, skipped_test, _ = _decode_cached(test, decode_size, f"{source.name}-test", cache_root)
     _report_skipped(source, skipped + skipped_test, len(train) + len(test))
