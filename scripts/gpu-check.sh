@@ -73,7 +73,11 @@ mkdir -p "$out"
   echo "date: $(date -u +%FT%TZ)"
   echo "host: $(uname -n) $(uname -m); cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1); cores: $(nproc)"
   echo "python: $py ($("$py" -c 'import sys; print(sys.version.split()[0])')); ${setup_note:-unveil installed}"
-  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+  if head=$(git rev-parse --short HEAD 2>/dev/null); then
+    echo "git: $head$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+  else
+    echo "git: not a git checkout"
+  fi
   "$py" - <<'PY'
 import torch
 print(f"torch {torch.__version__}; cuda {torch.version.cuda}; cuda available: {torch.cuda.is_available()}")
