@@ -167,6 +167,34 @@ def test_damaged_cache_files_are_detected_and_rebuilt(folder, tmp_path, capfd):
         _same(reference, reloaded)
 
 
+def test_large_files_check_a_sample_that_always_holds_the_first_and_last_chunk(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(diskcache, "CHUNK_BYTES", 3 * 32 * 32 * 16)  # 16 chunks of 16 images
+    monkeypatch.setattr(diskcache, "SAMPLED_CHUNKS", 2)
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path), storage="disk")
+    path = next(tmp_path.glob("*-train-*.u8"))
+    diskcache.open_split(path, full_verify_bytes=0)  # sampled: 2 drawn + first + last
+    for image, chunk in ((0, 0), (239, 15)):  # a byte in the first chunk, then in the last (its only image)
+        with open(path, "r+b") as f:
+            f.seek(diskcache.HEADER + image * 3 * 32 * 32)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 1]))
+        with pytest.raises(diskcache.Damaged, match=f"checksum mismatch in chunk {chunk} of 16"):
+            diskcache.open_split(path, full_verify_bytes=0)
+        with open(path, "r+b") as f:  # undo
+            f.seek(diskcache.HEADER + image * 3 * 32 * 32)
+            f.write(byte)
+
+
+def test_a_build_killed_before_its_rename_is_not_redone(folder, tmp_path, capfd):
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path), storage="disk")
+    path = next(tmp_path.glob("*-train-*.u8"))
+    os.replace(path, path.with_name(path.name + ".partial"))  # complete, but not yet renamed
+    capfd.readouterr()
+    load_data(str(folder), image_size=32, cache_dir=str(tmp_path), storage="disk")
+    assert path.is_file() and "decoding" not in capfd.readouterr().err
+
+
 _LOAD_AND_HASH = """
     import hashlib, sys, time
     import unveil.data.diskcache as dc

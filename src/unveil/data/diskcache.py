@@ -244,6 +244,14 @@ def build(path: Path, pool: Any, decode_size: int, size: int, workers: int | Non
     partial = path.with_name(path.name + ".partial")
     journal_path = path.with_name(path.name + ".journal")
     head = {"format": FORMAT, "n": n, "chunk": chunk, "size": size, "decode_size": decode_size, "file": path.name}
+    if partial.is_file() and partial.stat().st_size != HEADER + n * row:  # killed after _finish, before the rename?
+        try:
+            _quiet_open(partial)
+            os.replace(partial, path)
+            journal_path.unlink(missing_ok=True)
+            return
+        except Damaged:
+            pass
     done = _read_journal(journal_path, head) if partial.is_file() else {}
     if partial.is_file() and partial.stat().st_size != HEADER + n * row:
         done = {}
