@@ -15,7 +15,10 @@
 # PYTHONPATH when lightly or omegaconf cannot be imported. Python: $GPU_CHECK_PYTHON, else .venv/bin/python,
 # else python3. Each part runs under its own timeout (a <= 150 s, b <= 120 s, c: the rest); a part that fails
 # or times out is recorded with its last lines in summary.md and the next part runs. Exit 0 only when every
-# part passed.
+# part passed. Preparing the carried folders (on a machine with network; both are git-ignored):
+#   mkdir -p .gpu-data/cifar10 && cp CIFAR10_PARQUET_DIR/*.parquet .gpu-data/cifar10/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl lightly==1.6.0 omegaconf==2.3.1
+#   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # sdist only on PyPI; pure Python
 set -uo pipefail
 cd "$(dirname "$0")/.."
 data="" out="runs/gpu-check" budget=480 tiny=0 device="" parts="a,b,c" a_max=150 b_max=120
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
