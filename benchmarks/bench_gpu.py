@@ -257,7 +257,7 @@ def main() -> int:
     start = time.perf_counter()
     for item in sizes.split(","):
         size, batch = (int(v) for v in item.split(":"))
-        note = ""
+        note, t_size = "", time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="bench_gpu-") as tmp:
             while True:
                 cs: list[Timed] = []
@@ -287,6 +287,7 @@ def main() -> int:
                     gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
+        header.setdefault("wall_s_per_size", {})[str(size)] = round(time.perf_counter() - t_size, 1)
         write(out, header, rows)
     header["wall_s"] = round(time.perf_counter() - start, 1)
     write(out, header, rows)

@@ -40,6 +40,7 @@ except ImportError:  # a checkout without `pip install -e .` (the GPU machine): 
 import torch
 
 from unveil.config import available_recipes, load_recipe, resolve
+from unveil.errors import UserError
 from unveil.io import atomic_write_text
 from unveil.methods import METHODS, available
 
@@ -144,7 +145,8 @@ def one_method(method: str, compile_: bool, args: argparse.Namespace, tmp: Path,
         lines = traceback.format_exc().strip().splitlines()
         where = next((ln.strip() for ln in reversed(lines) if ln.strip().startswith("File ")), "")
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} [{where}]"
-        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        # a UserError is already one line that says what to do; anything else gets its traceback in the log
+        print(row["error"] if isinstance(exc, UserError) else traceback.format_exc(), file=sys.stderr, flush=True)
     finally:
         signal.alarm(0)
         del run
