@@ -2,10 +2,14 @@
 # One prepared GPU check, under one time budget (default 480 s = 8 minutes on one H100/H200):
 #   (a) one training step of every registered method through the engine   scripts/gpu_steps.py   -> OUT/steps/
 #   (b) SimCLR ResNet-18 images/s at 32 and 224 px: unveil vs lightly vs the floor  benchmarks/bench_gpu.py -> OUT/bench/
-#   (c) the benchmark suites' `gpu` scale, in what is left of the budget         unveil bench       -> OUT/<suite>/
+#   (r) --resume: an interrupted + resumed run vs the uninterrupted one, with and without train.deterministic
+#                                                                          scripts/resume_check.py -> OUT/resume/
+#   (s) SimCLR training images/s from the disk cache (data.storage=disk) vs RAM  benchmarks/bench_storage.py -> OUT/storage/
+#   (c) the benchmark suites' `gpu` scale, in what is left of the budget (each suite's untrained baselines
+#       first, so a cut suite still has its lower bound)                      unveil bench       -> OUT/<suite>/
 #   (d) OUT/summary.md: the environment, every table, each part's status and wall time
 #
-#   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480] [--parts a,b,c]
+#   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480] [--parts a,b,r,s,c]
 #   bash scripts/gpu-check.sh --tiny --data DIR --out DIR   # CPU, tiny (a)/(b) + suites at `smoke`: CI
 #
 # The GPU machine has no ../shared and no network: copy CIFAR-10's Parquet files into a git-ignored folder
@@ -13,7 +17,7 @@
 # (src/ on PYTHONPATH when `import unveil` fails; nothing is installed); wheels in a carried .whl/ folder
 # (lightly, omegaconf, antlr4-python3-runtime: pure Python) are unpacked into a temporary folder on
 # PYTHONPATH when lightly or omegaconf cannot be imported. Python: $GPU_CHECK_PYTHON, else .venv/bin/python,
-# else python3. Each part runs under its own timeout (a <= 150 s, b <= 120 s, c: the rest); a part that fails
+# else python3. Each part runs under its own timeout (a <= 150 s, b <= 120 s, r <= 45 s, s <= 70 s, c: the rest); a part that fails
 # or times out is recorded with its last lines in summary.md and the next part runs. Exit 0 only when every
 # part passed. Preparing the carried folders (on a machine with network; both are git-ignored):
 #   mkdir -p .gpu-data/cifar10 && cp CIFAR10_PARQUET_DIR/*.parquet .gpu-data/cifar10/
@@ -21,7 +25,7 @@
 #   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # sdist only on PyPI; pure Python
 set -uo pipefail
 cd "$(dirname "$0")/.."
-data="" out="runs/gpu-check" budget=480 tiny=0 device="" parts="a,b,c" a_max=150 b_max=120
+data="" out="runs/gpu-check" budget=480 tiny=0 device="" parts="a,b,r,s,c" a_max=150 b_max=120 r_max=45 s_max=70
 suites=(mixtures masked-siamese masked-modelling)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,7 +36,7 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -70,7 +74,7 @@ scale=gpu
 if [ "$tiny" = 1 ]; then scale=smoke; device="${device:-cpu}"; fi
 device="${device:-cuda}"
 tiny_flag=()
-if [ "$tiny" = 1 ]; then tiny_flag=(--tiny); a_max=$budget b_max=$budget; fi
+if [ "$tiny" = 1 ]; then tiny_flag=(--tiny); a_max=$budget b_max=$budget r_max=$budget s_max=$budget; fi
 mkdir -p "$out"
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -146,8 +150,26 @@ if [[ ",$parts," == *",b,"* ]]; then
   run_part "(b) SimCLR ResNet-18 images/s: unveil, lightly, floor" "$b_max" "$out/bench.log" "$out/bench/bench_gpu.md" -- \
     "$py" benchmarks/bench_gpu.py --device "$device" --out "$out/bench" ${tiny_flag[@]+"${tiny_flag[@]}"}
 fi
+if [[ ",$parts," == *",r,"* ]]; then
+  rargs=(); [ "$tiny" = 1 ] && rargs=(--subset 256 --batch 32)
+  run_part "(r) --resume: interrupted + resumed vs uninterrupted" "$r_max" "$out/resume.log" "$out/resume/resume.md" -- \
+    "$py" scripts/resume_check.py --device "$device" --data "$UNVEIL_CIFAR10" --out "$out/resume" ${rargs[@]+"${rargs[@]}"}
+fi
+if [[ ",$parts," == *",s,"* ]]; then
+  sargs=(--epochs 4); [ "$tiny" = 1 ] && sargs=(--epochs 2 --subset 256 --batch 32)
+  run_part "(s) training from the disk cache vs RAM" "$s_max" "$out/storage.log" "$out/storage/storage.md" -- \
+    "$py" benchmarks/bench_storage.py --device "$device" --data "$UNVEIL_CIFAR10" --out "$out/storage" "${sargs[@]}"
+fi
 if [[ ",$parts," == *",c,"* ]]; then
   for suite in "${suites[@]}"; do
+    # the untrained baselines first, so whatever the budget cuts, each trained row has its lower bound
+    mapfile -t base < <("$py" -c "import sys; from unveil.bench.spec import load_suite
+print(*[n for n in load_suite(sys.argv[1]).entry_names() if n.startswith('untrained')], sep='\n')" "$suite")
+    if [ "${#base[@]}" -gt 0 ]; then
+      run_part "(c) suite $suite at $scale scale: untrained baselines" "$budget" "$out/$suite-untrained.log" "" -- \
+        "$py" -m unveil.cli bench "$suite" --scale "$scale" --out "$out/$suite" --only "${base[@]}" \
+        "train.device=$device" train.progress=false
+    fi
     run_part "(c) suite $suite at $scale scale" "$budget" "$out/$suite.log" "$out/$suite/results.md" -- \
       "$py" -m unveil.cli bench "$suite" --scale "$scale" --out "$out/$suite" "train.device=$device" train.progress=false
   done

@@ -51,9 +51,11 @@ def _compare(reference: dict, resumed: dict) -> dict:
     return {"tensors": len(a), "bit_identical": same, "max_abs_diff": worst, "steps": int(resumed["step"])}
 
 
-def check(method: str, device: str, deterministic: bool, out: Path, data: str) -> dict:
-    overrides = [f"method.name={method}", f"data.name={data}", "data.subset=1024", "data.test_subset=256",
-                 "train.batch_size=128", "train.epochs=1", "train.ckpt_every_steps=3", "train.monitor=none",
+def check(method: str, device: str, deterministic: bool, out: Path, data: str, subset: int = 1024,
+          batch: int = 128) -> dict:
+    """Eight steps (subset / batch), a checkpoint every 3, interrupted at the 5th."""
+    overrides = [f"method.name={method}", f"data.name={data}", f"data.subset={subset}", "data.test_subset=256",
+                 f"train.batch_size={batch}", "train.epochs=1", "train.ckpt_every_steps=3", "train.monitor=none",
                  "train.progress=false", f"train.device={device}", f"train.deterministic={str(deterministic).lower()}"]
     runs = {}
     for name in ("full", "part"):
@@ -91,6 +93,8 @@ def main() -> int:
     ap.add_argument("--data", required=True, help="CIFAR-10 Parquet folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", default="simclr")
+    ap.add_argument("--subset", type=int, default=1024, help="training images; with --batch: 8 steps by default")
+    ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -98,7 +102,8 @@ def main() -> int:
         for deterministic in (False, True):
             t0 = time.perf_counter()
             try:
-                row = check(method, args.device, deterministic, args.out / f"{method}-{int(deterministic)}", args.data)
+                row = check(method, args.device, deterministic, args.out / f"{method}-{int(deterministic)}", args.data,
+                            args.subset, args.batch)
             except Exception as exc:  # one failing mode must not hide the other's result
                 row = {"method": method, "deterministic": deterministic, "error": f"{type(exc).__name__}: {exc}"[:300]}
             row["seconds"] = round(time.perf_counter() - t0, 1)

@@ -1,5 +1,6 @@
 """scripts/gpu-check.sh in its CPU mode (`--tiny`): (a) one engine step of every registered method,
-(b) the SimCLR images/s table (unveil, lightly, floor), (c) every suite at `smoke` scale on real
+(b) the SimCLR images/s table (unveil, lightly, floor), (r) the resume check, (s) disk cache vs RAM,
+(c) every suite at `smoke` scale on real
 CIFAR-10 images, through the same script a GPU machine runs; plus the part isolation (a part that
 fails is recorded and the next one runs) and the one-line refusals."""
 
@@ -64,7 +65,20 @@ def test_gpu_check_tiny_runs_every_part(cifar10_dir, tmp_path):
         for r in got.values():
             assert float(r["images_per_s"]) > 0 and float(r["vs_floor"]) > 0, r
     assert (out / "bench" / "bench_gpu.md").is_file() and (out / "bench" / "bench_gpu.json").is_file()
-    # (c): every suite entry done at smoke scale and evaluated
+    # (r): the resumed run equals the uninterrupted one in every tensor (CPU kernels are deterministic)
+    assert "## (r) --resume: interrupted + resumed vs uninterrupted: passed" in summary
+    import json
+
+    for row in json.loads((out / "resume" / "resume.json").read_text()):
+        assert row["bit_identical"] == row["tensors"] > 0 and row["resumed_from_step"] == 3, row
+    # (s): the same training from the disk cache and from RAM, both measured
+    assert "## (s) training from the disk cache vs RAM: passed" in summary
+    storage = json.loads((out / "storage" / "storage.json").read_text())
+    assert [r["storage"] for r in storage["rows"]] == ["disk (building the cache)", "memory", "disk"]
+    assert all(r["images_per_s"] > 0 for r in storage["rows"])
+    # (c): the untrained baselines ran first, then every suite entry done at smoke scale and evaluated
+    for suite in SUITES:
+        assert f"## (c) suite {suite} at smoke scale: untrained baselines: passed" in summary
     for suite in SUITES:
         assert f"## (c) suite {suite} at smoke scale: passed" in summary
         rows = {r["entry"]: r for r in _rows(out / suite / "results.csv")}
