@@ -345,3 +345,23 @@ def test_auto_storage_counts_ranks_and_errors_are_one_line(folder, tmp_path, mon
     with pytest.raises(UserError, match="data.storage must be auto, memory or disk, got 'tape'"):
         resolve(None, ["data.storage=tape"])
     assert resolve(None, ["data.storage=disk", "data.cache_dir=/tmp/x"])["data"]["storage"] == "disk"
+
+
+def test_memory_check_respects_a_container_limit(tmp_path):
+    """Inside a container MemAvailable is the host's: the cgroup's limit minus its usage wins when smaller."""
+    from unveil.data.dataset import _cgroup_headroom
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("1073741824\n")
+    (v2 / "memory.current").write_text("268435456\n")
+    assert _cgroup_headroom(v2) == 768 << 20
+    (v2 / "memory.max").write_text("max\n")
+    assert _cgroup_headroom(v2) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(2 << 30))
+    (v1 / "memory.usage_in_bytes").write_text(str(1 << 30))
+    assert _cgroup_headroom(tmp_path / "v1") == 1 << 30
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
+    assert _cgroup_headroom(tmp_path / "v1") is None

@@ -118,15 +118,37 @@ def stratified_pick(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)) if picked else np.arange(0)
 
 
+def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under this container's memory limit (cgroup v2, else v1), None when unlimited.
+
+    Why: inside a container or a Slurm job MemAvailable describes the whole host, and a decode
+    sized by it is killed by the job's limit instead."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # v1 writes a huge number for "no limit", v2 "max"
+            return max(int(limit) - usage, 0)
+    return None
+
+
 def available_memory() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (MemAvailable), None if unknown."""
+    """Bytes that can be allocated without swapping or hitting the container's limit: the smaller of
+    MemAvailable and the cgroup's headroom; None if neither is known."""
+    found = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                found.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    return None
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        found.append(headroom)
+    return min(found) if found else None
 
 
 def fits_in_memory(num_images: int, size: int, copies: int = 1, fraction: float = 0.7) -> bool:
