@@ -274,8 +274,15 @@ def big_folder(tmp_path_factory) -> Path:
     return root
 
 
+# glibc's dynamic mmap threshold keeps freed buffers in the heap, so RssAnon wanders with the allocation
+# history rather than with what is held; a fixed threshold returns large freed buffers to the system
+_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 def _rss(folder: Path, cache: Path, storage: str) -> dict:
-    out = _run(_RSS, str(folder), str(cache), storage, "0", "1", "256")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **_RSS_ENV}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_RSS), str(folder), str(cache), storage, "0", "1", "256"],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -284,12 +291,13 @@ def test_disk_storage_keeps_anonymous_memory_under_budget(big_folder, tmp_path):
     cache = tmp_path / "c"
     built = _rss(big_folder, cache, "disk")  # builds the cache, then one epoch of batches of 256
     assert built["nbytes"] > 4 * _BUDGET and built["batches"] == 21
-    # measured 2026-11-30, 2-core AMD EPYC box: 31-43 MB of the 64 MB budget (3 runs); ~6 MB is the load (labels,
+    # measured 2026-12-01, 2-core AMD EPYC box: 19 MB of the 64 MB budget with _RSS_ENV (31-43 MB without it, 3 runs
+    # of 2026-11-30); ~6 MB is the load (labels,
     # file list, journal), the rest is batch buffers (12.6 MB each) that glibc keeps for reuse
     assert built["peak"] - built["base"] < _BUDGET, built
     # two ranks of a node at once, each reading its half (135 MB, 2x the budget): the page cache holds
     # one copy for both. Batches of 64, so the buffers each rank keeps (above) do not hide the data.
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **_RSS_ENV}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_RSS), str(big_folder), str(cache), "disk",
                                str(r), "2", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for r in range(2)]
@@ -300,7 +308,7 @@ def test_disk_storage_keeps_anonymous_memory_under_budget(big_folder, tmp_path):
         ranks.append(json.loads(out.splitlines()[-1]))
     assert all(r["batches"] == 42 for r in ranks)
     growth = sum(r["peak"] - r["base"] for r in ranks)
-    assert growth < _BUDGET, ranks  # measured 2026-11-30, 2-core AMD EPYC box: 32-35 MB for both ranks
+    assert growth < _BUDGET, ranks  # measured 2026-12-01, 2-core AMD EPYC box: 10 + 9 MB (32-35 MB without _RSS_ENV)
     # the same load in memory holds the whole split as anonymous memory: the measure can fail
     # (measured 2026-11-30, 2-core AMD EPYC box: 306-315 MB for the 270 MB split)
     memory = _rss(big_folder, tmp_path / "m", "memory")
@@ -353,10 +361,8 @@ def test_training_from_the_disk_cache_keeps_anonymous_memory_under_budget(big_fo
     """The real engine trains one epoch over 270 MB of decoded images (4.2x the budget) from the disk cache
     while the process's anonymous memory, between steps, grows by less than the 64 MB budget; the same run
     with the images decoded into RAM goes over it (the measure can fail)."""
-    # glibc's dynamic mmap threshold keeps freed activation buffers in the heap, so RssAnon between steps
-    # wandered 35-180 MB whatever the storage; a fixed threshold returns them, leaving what the process keeps
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
-           "OMP_NUM_THREADS": "1"}
+    # without _RSS_ENV, RssAnon between steps wandered 35-180 MB whatever the storage (freed activations kept)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **_RSS_ENV, "OMP_NUM_THREADS": "1"}
     result = {}
     for storage in ("disk", "memory"):
         proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_TRAIN_RSS), str(big_folder),
