@@ -291,9 +291,8 @@ def test_disk_storage_keeps_anonymous_memory_under_budget(big_folder, tmp_path):
     cache = tmp_path / "c"
     built = _rss(big_folder, cache, "disk")  # builds the cache, then one epoch of batches of 256
     assert built["nbytes"] > 4 * _BUDGET and built["batches"] == 21
-    # measured 2026-12-01, 2-core AMD EPYC box: 19 MB of the 64 MB budget with _RSS_ENV (31-43 MB without it, 3 runs
-    # of 2026-11-30); ~6 MB is the load (labels,
-    # file list, journal), the rest is batch buffers (12.6 MB each) that glibc keeps for reuse
+    # measured 2026-12-01, 2-core AMD EPYC box: 19 MB of the 64 MB budget (31-43 MB without _RSS_ENV, 2026-11-30);
+    # ~6 MB is the load (labels, file list, journal), the rest batch buffers (12.6 MB each) in flight
     assert built["peak"] - built["base"] < _BUDGET, built
     # two ranks of a node at once, each reading its half (135 MB, 2x the budget): the page cache holds
     # one copy for both. Batches of 64, so the buffers each rank keeps (above) do not hide the data.
