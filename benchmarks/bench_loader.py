@@ -13,25 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_diskcache import drop_pages  # sibling scripts: run from the repo root as benchmarks/...
+from bench_train import cpu_description
 
 from unveil.data import load_data
 from unveil.train.loader import TensorBatches
-
-
-def drop_page_cache(path: Path) -> None:
-    """Evict a file's pages (no root needed): the next reads come from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def epoch_seconds(batches: TensorBatches, prefetch: int, step_s: float) -> float:
@@ -65,7 +57,7 @@ def main() -> None:
             for source, split in (("disk, cold", disk), ("disk, warm", disk), ("RAM", ram)):
                 if source == "disk, cold":
                     for f in files:
-                        drop_page_cache(f)
+                        drop_pages(f)
                 batches = TensorBatches(split.images, split.labels, args.batch, seed=0)
                 key = f"{source} | prefetch {prefetch}"
                 results.setdefault(key, []).append(epoch_seconds(batches, prefetch, step_s))
@@ -74,16 +66,10 @@ def main() -> None:
     for source, split in (("disk, cold", disk), ("disk, warm", disk), ("RAM", ram)):
         if source == "disk, cold":
             for f in files:
-                drop_page_cache(f)
+                drop_pages(f)
         gather[source] = epoch_seconds(TensorBatches(split.images, split.labels, args.batch, seed=0), 0, 0.0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     print(f"# bench_loader: {steps} batches of {args.batch} at {args.size} px, stand-in step {args.step_ms} ms; "
-          f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+          f"{cpu_description()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print("gather alone (one epoch, no step): " + ", ".join(f"{k} {v:.2f} s" for k, v in gather.items()))
     print("| source | prefetch | epoch s (median) | ideal s | per batch ms |")
     print("|---|---:|---:|---:|---:|")

@@ -152,7 +152,7 @@ def available_memory() -> int | None:
 
 
 def fits_in_memory(num_images: int, size: int, copies: int = 1, fraction: float = 0.7) -> bool:
-    """Whether ``copies`` decoded copies (one per process on this node) fit ``fraction`` of MemAvailable."""
+    """Whether ``copies`` decoded copies (one per process on this node) fit ``fraction`` of ``available_memory()``."""
     avail = available_memory()
     return avail is None or copies * num_images * 3 * size * size <= fraction * avail
 
