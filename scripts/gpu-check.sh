@@ -8,9 +8,13 @@
 #   (c) the benchmark suites' `gpu` scale, in what is left of the budget (each suite's untrained baselines
 #       first, so a cut suite still has its lower bound)                      unveil bench       -> OUT/<suite>/
 #   (d) OUT/summary.md: the environment, every table, each part's status and wall time
+#   (p) --reproduce, alone (default budget 540 s): published CIFAR-10 numbers, SimCLR / MoCo v2 / BYOL at 100
+#       epochs on all of CIFAR-10, kNN against wall-clock beside the anchors    scripts/reproduce.py -> OUT/reproduce/
 #
 #   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480] [--parts a,b,r,s,c]
 #   bash scripts/gpu-check.sh --tiny --data DIR --out DIR   # CPU, tiny (a)/(b) + suites at `smoke`: CI
+#   bash scripts/gpu-check.sh --reproduce --data CIFAR10_PARQUET_DIR [--out DIR]   # (p) only, <= 9 minutes
+#   bash scripts/gpu-check.sh --reproduce --tiny --data DIR --out DIR              # (p) on the CPU, tiny: CI
 #
 # The GPU machine has no ../shared and no network: copy CIFAR-10's Parquet files into a git-ignored folder
 # of the repo (.gpu-data/cifar10, listed in .git/info/exclude) and carry it. unveil runs from the checkout
@@ -25,7 +29,7 @@
 #   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # sdist only on PyPI; pure Python
 set -uo pipefail
 cd "$(dirname "$0")/.."
-data="" out="runs/gpu-check" budget=480 tiny=0 device="" parts="a,b,r,s,c" a_max=150 b_max=120 r_max=45 s_max=70
+data="" out="runs/gpu-check" budget="" tiny=0 device="" parts="a,b,r,s,c" a_max=150 b_max=120 r_max=45 s_max=70
 suites=(mixtures masked-siamese masked-modelling)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,7 +40,8 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --reproduce) parts="p"; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +49,7 @@ if [ -n "$data" ]; then
   [ -f "$data/train.parquet" ] || { echo "gpu-check: no train.parquet in --data $data (give CIFAR-10's Parquet folder)" >&2; exit 2; }
   UNVEIL_CIFAR10="$(cd "$data" && pwd)"; export UNVEIL_CIFAR10
 fi
+if [ -z "$budget" ]; then budget=480; [ "$parts" = p ] && budget=540; fi
 [ -n "${UNVEIL_CIFAR10:-}" ] || { echo "gpu-check: give --data CIFAR10_PARQUET_DIR (or set UNVEIL_CIFAR10)" >&2; exit 2; }
 case "$budget" in ''|*[!0-9]*) echo "gpu-check: --budget-s must be a whole number of seconds, got '$budget'" >&2; exit 2 ;; esac
 
@@ -159,6 +165,12 @@ if [[ ",$parts," == *",s,"* ]]; then
   sargs=(--epochs 4); [ "$tiny" = 1 ] && sargs=(--epochs 2 --subset 256 --batch 32)
   run_part "(s) training from the disk cache vs RAM" "$s_max" "$out/storage.log" "$out/storage/storage.md" -- \
     "$py" benchmarks/bench_storage.py --device "$device" --data "$UNVEIL_CIFAR10" --out "$out/storage" "${sargs[@]}"
+fi
+if [[ ",$parts," == *",p,"* ]]; then
+  # the script stops its own runs 20 s before the part's limit, so its table is written either way
+  run_part "(p) published CIFAR-10 numbers: SimCLR, MoCo v2, BYOL at 100 epochs" "$budget" "$out/reproduce.log" \
+    "$out/reproduce/reproduce.md" -- "$py" scripts/reproduce.py --device "$device" --data "$UNVEIL_CIFAR10" \
+    --out "$out/reproduce" --budget-s "$(( budget > 40 ? budget - 20 : budget ))" ${tiny_flag[@]+"${tiny_flag[@]}"}
 fi
 if [[ ",$parts," == *",c,"* ]]; then
   for suite in "${suites[@]}"; do

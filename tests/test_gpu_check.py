@@ -129,3 +129,31 @@ def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path):
         proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), *args], capture_output=True, text=True,
                               env={**os.environ, "UNVEIL_CIFAR10": ""}, timeout=60)
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # ~90 s on 2 cores: three tiny pretraining runs in child processes, kNN at each epoch
+def test_reproduce_tiny_trains_each_method_and_prints_the_anchors(cifar10_dir, tmp_path):
+    """``--reproduce --tiny``: the GPU reproduction's path on the CPU (SimCLR, MoCo v2, BYOL through
+    their shipped recipes, kNN against wall-clock, the published anchors beside them)."""
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--reproduce", "--tiny", "--data",
+                           str(cifar10_dir), "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "## (p) published CIFAR-10 numbers: SimCLR, MoCo v2, BYOL at 100 epochs: passed" in summary
+    assert "## (a)" not in summary and "## (c)" not in summary  # --reproduce runs its part alone
+    points = _rows(out / "reproduce" / "reproduce.csv")
+    for method in ("simclr", "mocov2", "byol"):
+        mine = [p for p in points if p["method"] == method]
+        # epoch 0 (the untrained encoder) and each of the 2 tiny epochs, with a wall-clock that grows
+        assert [int(p["epoch"]) for p in mine] == [0, 1, 2], (method, mine)
+        assert all(0.0 <= float(p["knn_top1"]) <= 100.0 for p in mine)
+        walls = [float(p["wall_s"]) for p in mine]
+        assert walls == sorted(walls) and walls[-1] > 0
+        assert all(float(p["train_s"]) <= float(p["wall_s"]) for p in mine)
+    table = (out / "reproduce" / "reproduce.md").read_text()
+    for anchor in ("83.2", "84.8", "84.7", "86.8", "78.1"):
+        assert anchor in table
+    assert table.count("| finished |") == 3, table
+    assert (out / "reproduce" / "time_to_accuracy.png").stat().st_size > 0
