@@ -7,9 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from unveil.bench.spec import SCALES, available_suites, data_present, load_suite, plan_suite
+from unveil.bench.spec import (
+    SCALES,
+    available_suites,
+    check_protocol_settings,
+    data_present,
+    load_suite,
+    plan_suite,
+)
 from unveil.bench.suite import run_suite
 from unveil.build import build_method_for
 from unveil.cli import main
@@ -219,3 +227,62 @@ def test_smoke_scale_of_shipped_suites_on_cifar10(name, cifar10_dir, tmp_path, m
         assert float(rows["overlay-a0.3"]["paper_finetune_top1"]) == 38.1
         monitor = json.loads((out / "supervised-scratch" / "eval_monitor.json").read_text())
         assert float(rows["supervised-scratch"]["finetune_best_top1"]) == monitor["best_top1"]
+
+
+def test_suite_numbers_are_read_as_recipes_read_them(tmp_path):
+    """A suite is YAML written by people: ``lr: 1e-3`` must be the float 0.001, as in a recipe (PyYAML's
+    safe loader, YAML 1.1, reads a float without a dot as the string '1e-3')."""
+    path = tmp_path / "numbers.yaml"
+    path.write_text("title: numbers\nentries:\n  - name: cp\n    recipe: context_patch_conv4_cifar100\n"
+                    "    evaluate:\n      - linear: {epochs: 5, lr: 1e-3, weight_decay: 5e-4}\n"
+                    "    paper: {linear: 2.5e1}\n")
+    entry = load_suite(path).entries[0]
+    assert entry.evaluate["linear"]["lr"] == 0.001 and isinstance(entry.evaluate["linear"]["lr"], float)
+    assert entry.evaluate["linear"]["weight_decay"] == 5e-4 and entry.paper == {"linear": 25.0}
+    check_protocol_settings("linear", entry.evaluate["linear"], "numbers")  # a float passes the protocol's checks
+
+
+def test_knn_on_the_head_beside_the_backbone(tiny_folder, tmp_path, capsys):
+    """kNN with ``features: head`` (paper 5's monitor, on the 128-d head output) is its own evaluation:
+    saved as eval_knn_head.json beside eval_knn.json, shown as its own column, the untrained row too,
+    reused on a second run; a method without a head says so in one line."""
+    from unveil.eval.protocols import evaluate_knn, head_embedder
+
+    both = [{"knn": {"k": 5}}, {"knn": {"k": 5, "features": "head"}}]
+    moco = {"name": "moco", "recipe": "moco_cifar10", "evaluate": both, "paper": {"knn": 88.97}, "paper_setting": "x",
+            "overrides": ["backbone.name=rr_conv4", "method.bn_splits=2", "method.queue_size=64"]}
+    untrained = {**moco, "name": "untrained", "overrides": [*moco["overrides"], "train.epochs=0"],
+                 "paper": {}, "paper_setting": "not in the paper: untrained"}
+    path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [moco, untrained])
+    assert list(load_suite(path).entries[0].evaluate) == ["knn", "knn_head"]
+    out = tmp_path / "out"
+    rows = run_suite(path, "smoke", out, figures=False)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    with (out / "results.csv").open() as f:
+        table = {r["entry"]: r for r in csv.DictReader(f)}
+    for entry in ("moco", "untrained"):
+        backbone = json.loads((out / entry / "eval_knn.json").read_text())
+        head = json.loads((out / entry / "eval_knn_head.json").read_text())
+        assert (backbone["feature_dim"], head["feature_dim"]) == (64, 128)  # rr_conv4's 64 channels; the 128-d head
+        assert head["settings"]["features"] == "head" and "features" not in backbone["settings"]
+        assert float(table[entry]["knn_head_top1"]) == head["top1"] and float(table[entry]["knn_top1"]) == backbone["top1"]
+    assert "| kNN | kNN head |" in (out / "results.md").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "moco").glob("eval_knn*.json")}
+    capsys.readouterr()
+    run_suite(path, "smoke", out, figures=False)  # both readings are reused, neither overwrites the other
+    assert {p: p.stat().st_mtime_ns for p in (out / "moco").glob("eval_knn*.json")} == mtimes
+    assert "not reused" not in capsys.readouterr().err
+    # the head embedding of a trained run, directly: the query head's output, as MoCo's embed_head gives it
+    again = evaluate_knn(out / "moco", k=5, features="head")
+    assert again["top1"] == json.loads((out / "moco" / "eval_knn_head.json").read_text())["top1"]
+
+    with pytest.raises(UserError) as err:  # an autoencoder has no head to embed with
+        head_embedder(torch.nn.Module(), "denoising_ae")
+    assert "method denoising_ae has no projection head" in str(err.value) and "\n" not in str(err.value)
+    bad = dict(both[1]["knn"], features="projector")
+    with pytest.raises(UserError, match="knn.features must be one of backbone, head"):
+        check_protocol_settings("knn", bad, "tiny")
+    twice = tmp_path / "twice.yaml"
+    tiny_suite(tiny_folder, twice, [{**moco, "evaluate": [*both, {"knn": {"k": 7, "features": "head"}}]}])
+    with pytest.raises(UserError, match="lists knn_head twice"):
+        load_suite(twice)

@@ -74,10 +74,9 @@ def test_step_loss_gradients_queues_and_momentum(kw):
         assert method.key_proj is None and not any(n.startswith("key_proj") for n in method.state_dict())
 
 
-@pytest.mark.parametrize("pairing", ["semantic", "code"])
-def test_approach2_mixtures_and_positives_by_index(monkeypatch, pairing):
+def test_approach2_mixtures_and_positives_by_index(monkeypatch):
     calls = record_info_nce(monkeypatch, mixdet_module)
-    method = traced_mixdet(pairing=pairing)
+    method = traced_mixdet()
     x = code_images()
     d = method._inputs(x, torch.Generator().manual_seed(4))
     x1, x2 = d["x1"], d["x2"]
@@ -86,7 +85,7 @@ def test_approach2_mixtures_and_positives_by_index(monkeypatch, pairing):
     assert 0 < in1.sum() < 256 and 0 < in2.sum() < 256
     # mixed1[i]: x1[i] outside, x1[B−1−i] inside; its reversal the other way round; mixed2 likewise with box 2
     assert torch.equal(d["q_mixed"], torch.where(in1, x1.flip(0), x1))
-    assert torch.equal(d["q_mixed_rev"], torch.where(in1, x1, x1.flip(0)))
+    assert torch.equal(d["q_mixed"].flip(0), torch.where(in1, x1, x1.flip(0)))
     assert torch.equal(d["k_mixed"], torch.where(in2, x2.flip(0), x2))
     lam = float(d["lam"])
     assert lam == pytest.approx(1 - in1.float().mean().item())
@@ -101,12 +100,13 @@ def test_approach2_mixtures_and_positives_by_index(monkeypatch, pairing):
     assert ids[2] == rev                                # L_LL: inside = x1[B−1−i] <-> inside = x2[B−1−i]
     assert ids[3] == same                               # L_GG: outside = x1[i] <-> k(x2[i])
     assert ids[1][1] == ids[4][1] == same[1]            # L_m, L_m^R: against k of image i
-    if pairing == "semantic":
-        assert ids[5] == rev                            # L_GG^R: outside = x1[B−1−i] <-> flip(k)
-        assert ids[6] == same                           # L_LL^R: inside = x1[i] <-> flip(Lk)
-    else:  # the official code's pairs (methods.md 5.3 correctness note): mismatched
-        assert ids[5] == (rev[0], same[1])
-        assert ids[6] == (same[0], rev[1])
+    # the reverse G/L terms: the reversed mixture's queries against the unchanged keys, as the
+    # official code (methods.md 5.3 correctness note: other images' keys, which is what makes them
+    # differ from the forward terms)
+    assert ids[5] == (rev[0], same[1])                  # L_GG^R: outside = x1[B−1−i] <-> k(x2[i])
+    assert ids[6] == (same[0], rev[1])                  # L_LL^R: inside = x1[i] <-> inside = x2[B−1−i]
+    assert torch.equal(calls[4][0], calls[1][0].flip(0)) and torch.equal(calls[5][0], calls[3][0].flip(0))
+    assert torch.equal(calls[6][0], calls[2][0].flip(0))
     v = [c[2] for c in calls]
     assert torch.allclose(out["loss"], v[0] + lam * (v[1] + v[3] + v[2]) + (1 - lam) * (v[4] + v[5] + v[6]), atol=1e-6)
 
@@ -157,7 +157,7 @@ def test_branch_views_rows_and_one_line_errors():
     for approach, n_rows in ((2, 5), (1, 4)):
         rows = tiny_mixdet(approach=approach).branch_views(images(), torch.Generator().manual_seed(0))
         assert len(rows) == n_rows and all(r.shape == (B, 3, 16, 16) for r in rows.values())
-    for bad in ({"approach": 3}, {"pairing": "index"}, {"lam": 0.5}, {"approach": 1, "lam": "mean"},
+    for bad in ({"approach": 3}, {"pairing": "index"}, {"pairing": "semantic"}, {"lam": 0.5}, {"approach": 1, "lam": "mean"},
                 {"independent_boxes": True}, {"approach": 1, "pairing": "code"}, {"key_projection": "copy"},
                 {"symmetric": True}):
         with pytest.raises(UserError) as err:
@@ -165,3 +165,57 @@ def test_branch_views_rows_and_one_line_errors():
         assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="bn_splits"):
         tiny_mixdet(bn_splits=3)(images(), LABELS, torch.Generator().manual_seed(0))
+
+
+# ---- Approach 2's reverse terms (issue 17, 1a) ----
+
+def split_bn_mixdet() -> nn.Module:
+    """A tiny MixDet in train mode with split BatchNorm on 4 interleaved splits of the batch of 8."""
+    return tiny_mixdet(bn_splits=4).train()
+
+
+def test_reversed_mixture_forward_equals_the_flipped_forward_under_split_bn():
+    """Why Approach 2 takes the reverse queries as flips: a train-mode forward of flip(mixed1) through
+    split BN (interleaved splits, batch a multiple of them) gives flip of mixed1's outputs, pooled
+    local/global vectors included. A permutation that moves images across splits does not (so the
+    check can fail)."""
+    method = split_bn_mixdet()
+    d = method._inputs(images(), torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fwd = method._query_mixed(d["q_mixed"], d["box_q"])
+        rev = method._query_mixed(d["q_mixed"].flip(0), d["box_q"])
+        swap = torch.tensor([1, 0, *range(2, B)])  # images 0 and 1 change splits
+        swapped = method._query_mixed(d["q_mixed"][swap], d["box_q"])
+    for f, r in zip(fwd, rev):
+        assert torch.allclose(r, f.flip(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(swapped[0], fwd[0][swap], rtol=1e-3, atol=1e-3)
+
+
+def test_removed_semantic_pairing_repeated_the_forward_terms():
+    """Why ``pairing: semantic`` was removed: its reverse terms NCE(G1r, flip(k)) and NCE(L1r, flip(k_local))
+    (G1r, L1r from an explicit forward of the reversed mixture) equal the forward L_GG and L_LL, while
+    Eq. 8's reverse terms (unchanged keys) are a different loss."""
+    method = split_bn_mixdet()
+    d = method._inputs(images(), torch.Generator().manual_seed(4))
+    queue, local_queue, t = method.queue.keys, method.local_queue.keys, method.temperature
+    with torch.no_grad():
+        _, q_local, q_global = method._query_mixed(d["q_mixed"], d["box_q"])
+        _, q_local_r, q_global_r = method._query_mixed(d["q_mixed"].flip(0), d["box_q"])
+        k = method.key_head(method.key_backbone(d["x2"]))
+        k_local, _ = method._key_local_global(d["k_mixed"], d["box_k"])
+    nce = mixdet_module.info_nce
+    gg, ll = nce(q_global, k, queue, t), nce(q_local, k_local, local_queue, t)
+    assert torch.allclose(nce(q_global_r, k.flip(0), queue, t), gg, rtol=1e-5)
+    assert torch.allclose(nce(q_local_r, k_local.flip(0), local_queue, t), ll, rtol=1e-5)
+    assert not torch.allclose(nce(q_global_r, k, queue, t), gg, rtol=1e-3)
+    assert not torch.allclose(nce(q_local_r, k_local, local_queue, t), ll, rtol=1e-3)
+
+
+def test_approach2_encodes_two_query_batches_not_three():
+    """The reversed mixture costs no query forward: the query backbone sees view 1 and mixed1 only."""
+    method = split_bn_mixdet()
+    seen: list[torch.Tensor] = []
+    method.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    d = method._inputs(images(), torch.Generator().manual_seed(4))
+    method(images(), LABELS, torch.Generator().manual_seed(4))
+    assert len(seen) == 2 and torch.equal(seen[0], d["x1"]) and torch.equal(seen[1], d["q_mixed"])

@@ -124,12 +124,13 @@ def test_step_loss_gradients_queue_and_momentum(kw):
     n_keys = 2 * B if kw.get("symmetric") else B
     assert int(method.queue.ptr) == n_keys
     assert torch.equal(method.queue.keys[n_keys:], before[n_keys:])
-    # the new rows are the normalised keys of view 2 (then view 1 when symmetric), recomputed from the
-    # same views; BN is permutation-invariant, so shuffle-BN only reorders the sums (hence 1e-5)
+    # the new rows are the normalised keys of view 2 (symmetric: of view 1 then view 2, as Un-Mix's
+    # cat([k1, k2])), recomputed from the same views; BN is permutation-invariant, so shuffle-BN only
+    # reorders the sums (hence 1e-5)
     g.set_state(state)
     v1, v2 = method.views(images(), g), method.views(images(), g)
     with torch.no_grad():
-        expected = torch.cat([method.key_head(method.key_backbone(v)) for v in ([v2, v1] if kw.get("symmetric") else [v2])])
+        expected = torch.cat([method.key_head(method.key_backbone(v)) for v in ([v1, v2] if kw.get("symmetric") else [v2])])
     assert torch.allclose(method.queue.keys[:n_keys], F.normalize(expected, dim=1), atol=1e-5)
 
     # EMA: key ← m·key + (1 − m)·query, after an optimizer step moved the query
@@ -154,7 +155,7 @@ def test_unmix_pairs_image_i_with_reversed_batch_and_flips_q_m(monkeypatch):
     method.views = TwoCodeViews()
     x = code_images()
     g = torch.Generator().manual_seed(3)
-    d = method._inputs(x, g)[0]
+    d = method._inputs(x, g)
     mixed, lam = d["mixed"], float(d["lam"])
     # the region mix: image i outside the box, image B−1−i inside; lam = the outside share
     inside = (mixed - d["query"]).abs().amax(dim=1, keepdim=True) > 0
@@ -178,7 +179,7 @@ def test_unmix_pairs_image_i_with_reversed_batch_and_flips_q_m(monkeypatch):
 
 def test_unmix_global_mix_is_mixup_with_reversed_batch():
     method = tiny_moco(mix="unmix", unmix_prob=1.0)
-    d = method._inputs(images(), torch.Generator().manual_seed(0))[0]
+    d = method._inputs(images(), torch.Generator().manual_seed(0))
     lam = d["lam"]
     assert torch.allclose(d["mixed"], lam * d["query"] + (1 - lam) * d["query"].flip(0), atol=1e-5)
     rows = method.branch_views(images(), torch.Generator().manual_seed(0))
@@ -232,3 +233,20 @@ def test_embed_head_gives_paper_5s_kNN_features():
     with pytest.raises(UserError) as err:
         tiny_moco(embed="projection")
     assert "method.embed must be backbone or head" in str(err.value)
+
+
+def test_mocov2_recipe_projector_hidden_width_is_the_encoders():
+    """MoCo v2's code (facebookresearch/moco builder.py, --mlp) makes the MLP's hidden layer as wide as
+    the encoder (dim_mlp = fc in-features): 512 for ResNet-18, not 2048."""
+    from unveil.build import build_method_for
+    from unveil.config import resolve
+
+    cfg = resolve("mocov2_cifar10", ["backbone.cifar_stem=false"])
+    info = {"name": "cifar10", "num_classes": 10, "image_size": 32, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    method = build_method_for(cfg, dataset_info=info)
+    linears = [m for m in method.head.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 128)]
+    assert method.backbone.num_features == 512
+    assert tiny_moco(head="mlp", proj_hidden_dim=32).head[0].out_features == 32  # an explicit width still wins
+    with pytest.raises(UserError, match="method.proj_hidden_dim must be a positive integer or null"):
+        tiny_moco(head="mlp", proj_hidden_dim=0)

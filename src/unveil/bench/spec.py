@@ -18,7 +18,8 @@ Layout of ``recipes/suites/<suite>.yaml``::
         train_as: {finetune: {epochs: 20, lr: 0.01}}   # -> train.epochs/lr/batch_size/optimizer/
                                     # weight_decay (and augment -> method.augment), after
                                     # eval.finetune.* overrides of the scale/caller
-        evaluate: [{finetune: {epochs: 20, lr: 0.01}}, {linear: {epochs: 5}}, {knn: {}}]
+        evaluate: [{finetune: {epochs: 20, lr: 0.01}}, {linear: {epochs: 5}}, {knn: {}},
+                   {knn: {features: head}}]  # kNN on the head embedding too: its own result, knn_head
         paper: {finetune: 38.1, linear: 7.6}
         paper_setting: Caltech-256, ResNet-50 AE, 224 px
 
@@ -26,6 +27,10 @@ Overrides apply in this order: recipe, suite ``overrides``, suite ``scales[scale
 ``overrides``, entry ``scales[scale]``, then the caller's. Items named ``eval.<protocol>.<key>=v``
 set evaluation settings instead of training ones (e.g. ``eval.linear.epochs=2`` at smoke scale);
 they only touch entries that run that protocol.
+
+An entry's evaluations are keyed by *slot*: the protocol's name, except kNN on the head embedding
+(``knn`` with ``features: head``), whose slot is ``knn_head``; a slot names the saved result
+(``eval_<slot>.json``) and the table's columns, so both kNN readings stand side by side.
 """
 
 from __future__ import annotations
@@ -38,12 +43,24 @@ from typing import Any
 
 import yaml
 
-from ..config import merge, parse_overrides, recipes_dir, resolve, validate
+from ..config import load_yaml, merge, parse_overrides, recipes_dir, resolve, validate
 from ..errors import UserError, require
 from ..eval.settings import PROTOCOLS
 
 SCALES = ("smoke", "cpu", "gpu")
-__all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "load_suite", "plan_suite", "pretrain_state"]
+__all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "eval_slot", "load_suite", "plan_suite", "pretrain_state",
+           "slot_protocol"]
+
+
+def eval_slot(kind: str, settings: dict[str, Any]) -> str:
+    """Where an evaluation's result goes: ``knn_head`` for kNN on the head embedding (saved by
+    ``evaluate_knn`` as ``eval_knn_head.json``), else the protocol's own name."""
+    return "knn_head" if kind == "knn" and settings.get("features") == "head" else kind
+
+
+def slot_protocol(slot: str) -> str:
+    """The protocol behind a slot (``knn_head`` -> ``knn``)."""
+    return "knn" if slot == "knn_head" else slot
 
 
 @dataclass
@@ -51,7 +68,7 @@ class Entry:
     name: str
     recipe: str
     overrides: list[str] = field(default_factory=list)
-    evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)  # slot -> settings (eval_slot)
     paper: dict[str, float] = field(default_factory=dict)
     paper_setting: str = ""
     scales: dict[str, list[str]] = field(default_factory=dict)
@@ -123,7 +140,12 @@ def _entry(raw: Any, where: str) -> Entry:
                 f"{where}.evaluate: each item is one protocol with its settings, e.g. {{linear: {{epochs: 5}}}}")
         (kind, settings), = item.items()
         require(kind in PROTOCOLS, f"{where}.evaluate: unknown protocol '{kind}'; known: {', '.join(PROTOCOLS)}")
-        evaluate[kind] = dict(settings or {})
+        require(settings is None or isinstance(settings, dict),
+                f"{where}.evaluate: the settings of {kind} must be a mapping, e.g. {{k: 200}}, got {settings!r}")
+        slot = eval_slot(kind, settings or {})
+        require(slot not in evaluate, f"{where}.evaluate lists {slot} twice: one item per protocol (kNN on the head "
+                "embedding, features: head, is one more)")
+        evaluate[slot] = dict(settings or {})
     train_as = raw.get("train_as") or {}
     require(isinstance(train_as, dict) and set(train_as) <= {"finetune"},
             f"{where}.train_as must be {{finetune: {{epochs: ..., lr: ...}}}} (train with the fine-tune settings)")
@@ -144,7 +166,7 @@ def load_suite(suite: str | Path) -> Suite:
     if not path.is_file():
         raise UserError(f"unknown suite '{suite}': choose one of {', '.join(available_suites())} or give a YAML path")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}  # the recipes' loader: 1e-3 is a float, as in a recipe
     except yaml.YAMLError as exc:
         raise UserError(f"suite {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     require(isinstance(raw, dict) and isinstance(raw.get("entries"), list) and raw["entries"],
@@ -247,9 +269,13 @@ def plan_suite(suite: Suite, scale: str, out_dir: str | Path, overrides: list[st
             validate(cfg)
             notes.append(f"{wanted} not found locally: ran on {suite.fallback_data[wanted]} instead")
         evals = {}
-        for kind, settings in entry.evaluate.items():
-            evals[kind] = {**copy.deepcopy(settings), **eval_items.get(kind, {})}
-            check_protocol_settings(kind, evals[kind], where)
+        for slot, settings in entry.evaluate.items():
+            kind = slot_protocol(slot)
+            evals[slot] = {**copy.deepcopy(settings), **eval_items.get(kind, {})}
+            require(eval_slot(kind, evals[slot]) == slot,
+                    f"{where}: eval.{kind}.features would turn its {slot} evaluation into another one; list kNN on "
+                    "the head embedding as its own item ({knn: {features: head}}) instead")
+            check_protocol_settings(kind, evals[slot], where)
         planned.append(Planned(entry=entry, cfg=cfg, evals=evals, run_dir=run_dir, notes=notes,
                                paper_data=suite.paper_data))
     return planned

@@ -25,7 +25,7 @@ from ..eval.settings import comparable, differences, stale_reason
 from ..io import atomic_write_text
 from ..train import engine
 from ..train.checkpoint import CONFIG_NAME
-from .spec import Planned, Suite, check_only, load_suite, plan_suite, pretrain_state
+from .spec import Planned, Suite, check_only, load_suite, plan_suite, pretrain_state, slot_protocol
 from .table import result_row, write_results
 
 TIMINGS = "bench_timings.json"
@@ -63,15 +63,15 @@ def on_disk(p: Planned) -> dict[str, Any]:
     except UserError:
         return {"status": "not run (the run on disk has other settings)"}
     evals = {}
-    for kind, settings in p.evals.items():
-        saved = _saved_eval(p.run_dir, kind)
-        if saved is not None and stale_reason(saved, current_settings(kind, p.run_dir, **settings)) is None:
-            evals[kind] = saved  # numbers made with other settings are never shown
+    for slot, settings in p.evals.items():
+        saved = _saved_eval(p.run_dir, slot)
+        if saved is not None and stale_reason(saved, current_settings(slot_protocol(slot), p.run_dir, **settings)) is None:
+            evals[slot] = saved  # numbers made with other settings are never shown
     return {"status": "done" if len(evals) == len(p.evals) else "evaluations missing", "evals": evals}
 
 
-def _saved_eval(run_dir: Path, kind: str) -> dict[str, Any] | None:
-    path = run_dir / f"eval_{kind}.json"
+def _saved_eval(run_dir: Path, slot: str) -> dict[str, Any] | None:
+    path = run_dir / f"eval_{slot}.json"
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -92,18 +92,19 @@ def run_entry(p: Planned) -> dict[str, dict[str, Any]]:
         engine.train(p.cfg, resume=p.run_dir if state == "partial" else None)
         _record(p.run_dir, "pretrain_s", before + time.perf_counter() - start)
     results = {}
-    for kind, settings in p.evals.items():
-        saved = _saved_eval(p.run_dir, kind)
+    for slot, settings in p.evals.items():
+        kind = slot_protocol(slot)  # knn_head: the knn protocol on the head embedding
+        saved = _saved_eval(p.run_dir, slot)
         reason = stale_reason(saved, current_settings(kind, p.run_dir, **settings))
         if saved is not None and reason is None:
-            results[kind] = saved  # same protocol, arguments, data and checkpoint step
+            results[slot] = saved  # same protocol, arguments, data and checkpoint step
             continue
         if saved is not None:
-            _log(f"{p.entry.name}: eval_{kind}.json is not reused, {reason}: evaluating again")
+            _log(f"{p.entry.name}: eval_{slot}.json is not reused, {reason}: evaluating again")
         _log(f"{p.entry.name}: {kind} evaluation {settings or ''}")
         start = time.perf_counter()
-        results[kind] = protocol_function(kind)(p.run_dir, **settings)
-        _record(p.run_dir, f"{kind}_s", time.perf_counter() - start)
+        results[slot] = protocol_function(kind)(p.run_dir, **settings)
+        _record(p.run_dir, f"{slot}_s", time.perf_counter() - start)
     return results
 
 

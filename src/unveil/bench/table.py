@@ -20,7 +20,8 @@ from .spec import Planned, Suite
 COLUMNS = (
     "entry", "status", "recipe", "method", "data", "train_images", "test_images", "pretrain_epochs",
     "finetune_best_top1", "finetune_last_top1", "finetune_best_epoch", "linear_best_top1", "linear_last_top1",
-    "knn_top1", "paper_finetune_top1", "paper_linear_top1", "paper_knn_top1", "paper_setting", "pretrain_s", "eval_s", "note",
+    "knn_top1", "knn_head_top1", "paper_finetune_top1", "paper_linear_top1", "paper_knn_top1", "paper_setting",
+    "pretrain_s", "eval_s", "note",
 )
 SCALE_WORDS = {
     "smoke": "smoke (plumbing check on a tiny subset: the numbers mean nothing)",
@@ -29,7 +30,8 @@ SCALE_WORDS = {
 }
 ALWAYS = (
     "'best' = the best test-set epoch, as the overlay paper reports (it selects on the test set); "
-    "'last' = the last epoch. kNN: weighted k-NN (k=200, T=0.1) on the frozen encoder features.",
+    "'last' = the last epoch. kNN: weighted k-NN (k=200, T=0.1) on the frozen encoder features "
+    "(the backbone's pooled features; 'kNN head': on the method's head embedding instead).",
     "The CIFAR-10 copy used here was stored as JPEG (quality 75) by its publisher: pixels differ slightly "
     "from the canonical CIFAR-10, and accuracies can come out a little lower.",
 )
@@ -56,7 +58,8 @@ def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -
     """One CSV/Markdown row for a planned entry and what running it produced so far."""
     evals = outcome.get("evals", {})
     ft = evals.get("finetune") or evals.get("monitor") or {}
-    lin, knn = evals.get("linear", {}), evals.get("knn", {})
+    lin, knn, knn_head = evals.get("linear", {}), evals.get("knn", {}), evals.get("knn_head", {})
+    counts = knn or knn_head  # the images a kNN evaluated
     d = p.cfg["data"]
     notes = list(p.notes)
     if p.paper_data and _plain(d["name"]) != _plain(p.paper_data):
@@ -66,13 +69,13 @@ def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -
     return {
         "entry": p.entry.name, "status": outcome.get("status", "pending"), "recipe": p.entry.recipe,
         "method": _method_label(p.cfg), "data": f"{d['name']}" + (f" at {d['image_size']} px" if d["image_size"] else ""),
-        "train_images": knn.get("train_images", d["subset"] or "all"),
-        "test_images": knn.get("test_images", d["test_subset"] or "all"),
+        "train_images": counts.get("train_images", d["subset"] or "all"),
+        "test_images": counts.get("test_images", d["test_subset"] or "all"),
         "pretrain_epochs": p.cfg["train"]["epochs"],
         "finetune_best_top1": ft.get("best_top1"), "finetune_last_top1": ft.get("last_top1"),
         "finetune_best_epoch": ft.get("best_epoch"),
         "linear_best_top1": lin.get("best_top1"), "linear_last_top1": lin.get("last_top1"),
-        "knn_top1": knn.get("top1"),
+        "knn_top1": knn.get("top1"), "knn_head_top1": knn_head.get("top1"),
         "paper_finetune_top1": p.entry.paper.get("finetune"), "paper_linear_top1": p.entry.paper.get("linear"),
         "paper_knn_top1": p.entry.paper.get("knn"),
         "paper_setting": p.entry.paper_setting,
@@ -95,10 +98,11 @@ def _pair(best: Any, last: Any) -> str:
 
 
 def always_shown(suite: Suite) -> set[str]:
-    """Our columns for every protocol some entry evaluates (shown as '–' until the numbers exist)."""
+    """Our columns for every evaluation slot some entry has (shown as '–' until the numbers exist)."""
     kinds = {k for e in suite.entries for k in e.evaluate}
     return ({"fine-tune best / last"} if kinds & {"finetune", "monitor"} else set()) | \
-        ({"linear best / last"} if "linear" in kinds else set()) | ({"kNN"} if "knn" in kinds else set())
+        ({"linear best / last"} if "linear" in kinds else set()) | ({"kNN"} if "knn" in kinds else set()) | \
+        ({"kNN head"} if "knn_head" in kinds else set())
 
 
 def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: list[Path], out_dir: Path) -> str:
@@ -115,6 +119,7 @@ def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: l
         ("linear best / last", lambda r: _pair(r["linear_best_top1"], r["linear_last_top1"]),
          ("linear_best_top1", "linear_last_top1")),
         ("kNN", lambda r: _num(r["knn_top1"]), ("knn_top1",)),
+        ("kNN head", lambda r: _num(r["knn_head_top1"]), ("knn_head_top1",)),
         ("paper fine-tune", lambda r: _paper(r["paper_finetune_top1"]), ("paper_finetune_top1",)),
         ("paper linear", lambda r: _paper(r["paper_linear_top1"]), ("paper_linear_top1",)),
         ("paper kNN", lambda r: _paper(r["paper_knn_top1"]), ("paper_knn_top1",)),

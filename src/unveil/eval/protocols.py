@@ -105,6 +105,8 @@ def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, A
         args = finetune_settings(args, cfg)
     elif kind == "linear" and not args.get("head_bn"):
         args.pop("head_bn", None)  # records made before head_bn existed stay valid
+    elif kind == "knn" and args.get("features") == "backbone":
+        args.pop("features", None)  # records made before kNN on the head existed stay valid
     return _record(kind, args, state, cfg)
 
 
@@ -115,6 +117,9 @@ def check_settings(kind: str, settings: dict[str, Any]) -> None:
     for key in ("standardize", "augment"):
         if key in settings:
             require(isinstance(settings[key], bool), f"{kind}.{key} must be true or false, got {settings[key]!r}")
+    if kind == "knn":
+        require(settings.get("features", "backbone") in KNN_FEATURES,
+                f"knn.features must be one of {', '.join(KNN_FEATURES)}, got {settings.get('features')!r}")
     if kind == "linear":
         require(settings.get("schedule", "cosine") in SCHEDULES,
                 f"linear.schedule must be one of {', '.join(SCHEDULES)}, got {settings.get('schedule')!r}")
@@ -185,9 +190,11 @@ def cached_features(run: str | Path, device: str = "auto", *, eval_data: str | N
 
 
 def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device: str, eval_data: str | None,
-              what: str, untrained: bool = False, recalibrate_bn: bool = False) -> tuple[dict[str, torch.Tensor], dict, Any]:
+              what: str, untrained: bool = False, recalibrate_bn: bool = False,
+              features: str = "backbone") -> tuple[dict[str, torch.Tensor], dict, Any]:
     """Features of the trained encoder, or with ``untrained`` of the encoder the run started from
-    (rebuilt under the run's seed exactly as the engine builds it: a ``train.epochs=0`` run's weights)."""
+    (rebuilt under the run's seed exactly as the engine builds it: a ``train.epochs=0`` run's weights).
+    ``features="head"``: the method's head embedding (``head_embedder``), cached under its own name."""
     from ..build import build_method_for
 
     dataset = _labelled(run_dir, state, cfg, eval_data, what)
@@ -196,8 +203,10 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     step = 0 if untrained else int(state["step"])
     key = json.dumps({"version": FEATURES_VERSION, "step": step, "data": data_record(cfg, state, eval_data),
                       "precision": precision, **({"untrained": True} if untrained else {}),
-                      **({"bn_recalibrated": BN_RECALIBRATION_IMAGES} if recalibrate_bn else {})}, sort_keys=True)
+                      **({"bn_recalibrated": BN_RECALIBRATION_IMAGES} if recalibrate_bn else {}),
+                      **({"features": features} if features != "backbone" else {})}, sort_keys=True)
     prefix = ("features_untrained_bn" if recalibrate_bn else "features_untrained") if untrained else f"features_step{step}"
+    prefix += "" if features == "backbone" else f"_{features}"
     cache = run_dir / f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     if cache.is_file():
         hit = _read_cache(cache, key)
@@ -214,12 +223,13 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     else:
         method.load_state_dict(state["model"])
     method.to(dev).eval()
+    embed = method.embed if features == "backbone" else head_embedder(method, cfg["method"]["name"])
     if recalibrate_bn:
         recalibrate_batchnorm(method, dataset.train.images, dev, precision)
     feats = {
-        "train_x": extract(method.embed, dataset.train.images, dev, precision),
+        "train_x": extract(embed, dataset.train.images, dev, precision),
         "train_y": dataset.train.labels.clone(),
-        "test_x": extract(method.embed, dataset.test.images, dev, precision),
+        "test_x": extract(embed, dataset.test.images, dev, precision),
         "test_y": dataset.test.labels.clone(),
     }
     atomic_write(cache, lambda tmp: save_file(feats, tmp, metadata={"key": key}))
@@ -258,32 +268,58 @@ def recalibrate_batchnorm(method: torch.nn.Module, images: torch.Tensor, device:
     return len(norms)
 
 
+KNN_FEATURES = ("backbone", "head")
+# methods whose head is their projector on top of ``embed``'s backbone features (no ``embed_head`` of their own)
+_PROJECTOR_HEADS = ("simclr", "byol")
+
+
+def head_embedder(method: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The method's head embedding, for kNN with ``features: head`` (paper 5's monitor: the 128-d
+    output of MoCo's query head, methods.md 5.1): the method's own ``embed_head`` (MoCo, MixDet), or
+    for SimCLR and BYOL their projector applied to ``embed``'s backbone features (SimCLR's 128-d
+    projection, BYOL's 256-d projection, not its predictor); methods without a head fail in one line."""
+    own = getattr(method, "embed_head", None)
+    if callable(own):
+        return own
+    if name in _PROJECTOR_HEADS and isinstance(getattr(method, "projector", None), torch.nn.Module):
+        return lambda images: method.projector(method.embed(images))
+    raise UserError(f"kNN with features=head: method {name} has no projection head to embed with (moco, mixdet, "
+                    "simclr and byol have one): use features=backbone")
+
+
 def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device: str = "auto", *,
-                 eval_data: str | None = None, baseline: bool = False) -> dict[str, Any]:
+                 features: str = "backbone", eval_data: str | None = None, baseline: bool = False) -> dict[str, Any]:
     """Weighted kNN (cosine, ``exp(sim / T)`` votes) of the test features against the train features.
 
-    ``baseline``: also score the untrained encoder the run started from, same data and protocol
-    (``result["untrained"]``), so the number never stands alone."""
+    ``features``: ``backbone`` (the pooled backbone features, unveil's evaluation for every method;
+    saved as ``eval_knn.json``) or ``head`` (the head embedding, ``head_embedder``; saved as
+    ``eval_knn_head.json``, so the two stand side by side). ``baseline``: also score the untrained
+    encoder the run started from, same data, features and protocol (``result["untrained"]``), so the
+    number never stands alone."""
+    require(features in KNN_FEATURES, f"knn features must be one of {', '.join(KNN_FEATURES)}, got {features!r}")
     run_dir, _, state, cfg = _state(run)
-    settings = _record("knn", {"k": k, "temperature": temperature, "eval_data": eval_data}, state, cfg)
-    feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "kNN")
+    args = {"k": k, "temperature": temperature, **({"features": features} if features != "backbone" else {}),
+            "eval_data": eval_data}
+    settings = _record("knn", args, state, cfg)
+    feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "kNN", features=features)
     acc = knn_accuracy(feats["train_x"], feats["train_y"], feats["test_x"], feats["test_y"], dataset.num_classes,
                        k=k, temperature=temperature)
-    result = {"protocol": "knn", "k": k, "temperature": temperature, "dataset": dataset.name,
-              "train_images": len(feats["train_y"]), "test_images": len(feats["test_y"]), **acc,
-              "settings": settings}
+    result = {"protocol": "knn", "k": k, "temperature": temperature, "features": features, "dataset": dataset.name,
+              "feature_dim": int(feats["train_x"].shape[1]), "train_images": len(feats["train_y"]),
+              "test_images": len(feats["test_y"]), **acc, "settings": settings}
     if baseline:
-        base, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True)
+        base, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True, features=features)
         result["untrained"] = knn_accuracy(base["train_x"], base["train_y"], base["test_x"], base["test_y"],
                                            dataset.num_classes, k=k, temperature=temperature)
         # the stronger control: the same untrained weights with BatchNorm statistics estimated on the data
-        bn, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True, recalibrate_bn=True)
+        bn, _, _ = _features(run_dir, state, cfg, device, eval_data, "kNN", untrained=True, recalibrate_bn=True,
+                             features=features)
         result["untrained_bn_recalibrated"] = {
             **knn_accuracy(bn["train_x"], bn["train_y"], bn["test_x"], bn["test_y"], dataset.num_classes, k=k,
                            temperature=temperature),
             "note": f"untrained weights, BatchNorm running statistics re-estimated on {BN_RECALIBRATION_IMAGES} "
                     "training images (eval view); without BatchNorm layers this equals 'untrained'"}
-    result["saved"] = str(_save(run_dir, "knn", result))
+    result["saved"] = str(_save(run_dir, "knn" if features == "backbone" else f"knn_{features}", result))
     return result
 
 

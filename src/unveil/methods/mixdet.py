@@ -7,6 +7,15 @@ reversed batch; ``approach: 1`` (paper §3.2.1, no code): one box swapped betwee
 the same image, three queues. The MoCo base (head, key encoder, queue, split/shuffle BN, views)
 comes from ``moco``'s functions.
 
+Approach 2's loss is the paper's Eq. 8 as the official code computes it: the reverse terms are the
+queries of the reversed mixture ``flip(mixed1)`` against the *unchanged* keys ``k`` and ``k_local``.
+Those queries are taken as ``flip`` of the forward ones instead of a third query forward: with
+plain BatchNorm, or split BatchNorm on interleaved splits (the batch a multiple of the splits, which
+``check_batch_splits`` enforces), the train-mode encoder is equivariant to reversing the batch, so
+the forward of ``flip(mixed1)`` *is* the flip of the forward of ``mixed1`` (tests/test_mixdet.py
+checks it). The former ``pairing: semantic`` (reverse G/L terms against ``flip(k)``, ``flip(k_local)``)
+was removed: by that equivariance its reverse G/L terms equalled the forward ones exactly.
+
 Local/global pooling (``crop_and_upsample`` in models/detmix.py): a 1x1 conv (C -> proj_dim, with
 bias) on the backbone's last map, bilinear upsampling to the image size, the mean inside the box
 (local) and the mean outside it (global), each L2-normalised. The key side reuses the query's conv
@@ -58,6 +67,17 @@ def box_pool(proj_map: Tensor, box: Tensor, size: tuple[int, int]) -> tuple[Tens
     return F.normalize(local, dim=1), F.normalize(glob, dim=1)
 
 
+def check_pairing(pairing: object, approach: int) -> None:
+    """``pairing`` is kept only so run configs that say ``code`` (Eq. 8, the only loss now) still load."""
+    require(pairing != "semantic",
+            "method.pairing=semantic was removed: with (split) BatchNorm the encoder is equivariant to reversing the "
+            "batch, so its reverse global/local terms equalled the forward ones (the lam weighting vanished); "
+            "MixDet Approach 2 now always computes the paper's Eq. 8 as the official code: drop method.pairing")
+    require(pairing in (None, "code"), f"method.pairing must be code (Eq. 8, the default) or left out, got {pairing!r}")
+    require(pairing is None or approach == 2,
+            "method.pairing is an Approach-2 setting (Approach 1 mixes only image i's own views): drop it")
+
+
 _KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, head, proj_dim, proj_hidden_dim, momentum, "
           "queue_size, temperature, bn_splits, shuffle_bn, beta, weight_decay_all, views, view_preset_name")
 
@@ -70,9 +90,9 @@ class MixDet(nn.Module):
 
     ddp_broadcast_buffers = False  # the queues are gathered from every rank by the queues themselves
 
-    def __init__(self, backbone: nn.Module, data_info: DataInfo, approach: int = 2, pairing: str = "semantic",
+    def __init__(self, backbone: nn.Module, data_info: DataInfo, approach: int = 2, pairing: str | None = None,
                  independent_boxes: bool = False, lam: str | float = "area", key_projection: str = "shared",
-                 head: str = "linear", proj_dim: int = 128, proj_hidden_dim: int = 2048, momentum: float = 0.99,
+                 head: str = "linear", proj_dim: int = 128, proj_hidden_dim: int | None = None, momentum: float = 0.99,
                  queue_size: int = 4096, temperature: float = 0.1, bn_splits: int = 8, shuffle_bn: bool = True,
                  beta: float = 1.0, weight_decay_all: bool = True, views: dict[str, Any] | None = None,
                  view_preset_name: str | None = None, embed: str = "backbone", **unknown: Any):
@@ -81,7 +101,7 @@ class MixDet(nn.Module):
         self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, False)
         require(approach in (1, 2) and not isinstance(approach, bool), f"method.approach must be 1 or 2, got {approach!r}")
-        require(pairing in ("semantic", "code"), f"method.pairing must be semantic or code, got {pairing!r}")
+        check_pairing(pairing, approach)
         require(isinstance(independent_boxes, bool), f"method.independent_boxes must be true or false, got {independent_boxes!r}")
         require(lam == "area" or (isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0 <= lam <= 1),
                 f"method.lam must be 'area' (the CutMix area ratio) or a number in [0, 1], got {lam!r}")
@@ -90,10 +110,8 @@ class MixDet(nn.Module):
         require(approach == 1 or (not independent_boxes and lam == "area"),
                 "method.independent_boxes and a fixed method.lam are Approach-1 settings (method.approach=1); "
                 "Approach 2 always uses independent boxes and the area ratio, as the code")
-        require(approach == 2 or pairing == "semantic",
-                "method.pairing is an Approach-2 setting (Approach 1 mixes only image i's own views)")
         self.backbone, self.data_info = backbone, data_info
-        self.approach, self.pairing, self.independent_boxes, self.lam_setting = approach, pairing, independent_boxes, lam
+        self.approach, self.independent_boxes, self.lam_setting = approach, independent_boxes, lam
         self.head = moco_head(head, backbone.num_features, proj_hidden_dim, proj_dim)
         self.proj = nn.Conv2d(backbone.num_features, proj_dim, kernel_size=1, bias=True)
         self.key_backbone, self.key_head = make_key_encoder(backbone, self.head, bn_splits)
@@ -111,8 +129,8 @@ class MixDet(nn.Module):
         x1, x2 = self.views(images, generator), self.views(images, generator)
         if self.approach == 2:
             m = mix_within_batch(x1, x2, generator, self.beta)
-            return {"x1": x1, "x2": x2, "q_mixed": m.mixed1, "q_mixed_rev": m.mixed1.flip(0), "k_mixed": m.mixed2,
-                    "box_q": m.box1, "box_k": m.box2, "lam": m.lam1}
+            return {"x1": x1, "x2": x2, "q_mixed": m.mixed1, "k_mixed": m.mixed2, "box_q": m.box1, "box_k": m.box2,
+                    "lam": m.lam1}
         if self.independent_boxes:  # same cut size, independent places; each mixture still only image i
             h, w = x1.shape[-2:]
             cut = sample_lam(self.beta, generator)
@@ -158,15 +176,14 @@ class MixDet(nn.Module):
         loss_ll = info_nce(q_local, k_local, local_queue, t)
         out: dict[str, Tensor] = {}
         if self.approach == 2:
-            # Approach 2 (5.3): every query term against the original queue except L<->L; the
-            # reversed mixture gives the (1 − lam) terms.
-            q_mr, q_local_r, q_global_r = self._query_mixed(d["q_mixed_rev"], d["box_q"])
+            # Approach 2 (5.3, Eq. 8 as the official code): every query term against the original queue
+            # except L<->L. The (1 − lam) terms are the queries of the reversed mixture flip(mixed1)
+            # against the same k and k_local; that mixture's queries are the flips of mixed1's (the
+            # encoder is equivariant to reversing the batch: module docstring), so no third forward.
+            q_mr, q_local_r, q_global_r = q_m.flip(0), q_local.flip(0), q_global.flip(0)
             loss_gg = info_nce(q_global, k, queue, t)
-            # semantic: q_global_r[i] holds x1[B−1−i] and q_local_r[i] x1[i], whose positives are
-            # k[B−1−i] and k_local[B−1−i] (= x2[i] inside box 2); code: k and k_local unflipped
-            k_rev, k_local_rev = (k.flip(0), k_local.flip(0)) if self.pairing == "semantic" else (k, k_local)
-            rev = (info_nce(q_mr, k, queue, t) + info_nce(q_global_r, k_rev, queue, t)
-                   + info_nce(q_local_r, k_local_rev, local_queue, t))
+            rev = (info_nce(q_mr, k, queue, t) + info_nce(q_global_r, k, queue, t)
+                   + info_nce(q_local_r, k_local, local_queue, t))
             loss_mix = lam * (loss_m + loss_gg + loss_ll) + (1 - lam) * rev
         else:
             # Approach 1 (5.4, Eq. 7 with G<->G as the third term): three queues
@@ -206,13 +223,18 @@ class MixDet(nn.Module):
         return embed_features(self.backbone, self.head, self.data_info, images, self.embed_from)
 
     @torch.no_grad()
+    def embed_head(self, images: Tensor) -> Tensor:
+        """The query head's output whatever ``embed`` says (kNN ``features: head``, paper 5's monitor)."""
+        return embed_features(self.backbone, self.head, self.data_info, images, "head")
+
+    @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """What each branch sees, normalised as the encoder sees it (the preview's rows)."""
         d = self._inputs(images, generator)
         rows = {"view 1 (query)": d["x1"], "view 2 (key)": d["x2"]}
         if self.approach == 2:
             rows["view 1 + box from reversed batch (query)"] = d["q_mixed"]
-            rows["same, batch reversed (query)"] = d["q_mixed_rev"]
+            rows["same, batch reversed (query)"] = d["q_mixed"].flip(0)
             rows["view 2 + box from reversed batch (key)"] = d["k_mixed"]
         else:
             rows["view 1 + box of view 2 (query)"] = d["q_mixed"]

@@ -5,6 +5,8 @@ Query encoder = backbone + head (``linear``: mix-ssl's fc-as-projection; ``mlp``
 Linear-ReLU-Linear); key encoder = a momentum copy of both; negatives from a ``KeyQueue``.
 With ``mix`` the query view is also mixed with the reversed batch (Un-Mix):
 ``L(q, k) + lam·L(q_m, k) + (1 − lam)·L(flip(q_m), k)``, every term against the same key and queue.
+``symmetric`` adds the other direction with the *same* mixture of view 1 and its lam (Un-Mix's
+unmix_c10.py): ``L(q1, k2) + L(q2, k1) + Σ_{k ∈ {k2, k1}} [lam·L(q_m, k) + (1 − lam)·L(flip(q_m), k)]``.
 
 The small functions here (head, views, key forward, momentum update, settings checks) are also
 what ``mixdet`` builds on: no base class, just imports.
@@ -32,13 +34,17 @@ from ._siamese import copy_into_, ema_update_, momentum_copy
 # Shared by moco and mixdet
 
 
-def moco_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+def moco_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int) -> nn.Module:
     """``linear``: one Linear (the CIFAR code's fc *is* the projection); ``mlp``: MoCo v2's
-    Linear-ReLU-Linear (no BatchNorm, as main_moco.py --mlp)."""
+    Linear-ReLU-Linear (no BatchNorm, as main_moco.py --mlp). ``hidden_dim=None`` is the encoder's
+    width, as MoCo v2's code (moco/builder.py: ``dim_mlp = fc.weight.shape[1]``, 512 for ResNet-18)."""
     require(kind in ("linear", "mlp"), f"method.head must be linear or mlp, got {kind!r}")
+    require(hidden_dim is None or (isinstance(hidden_dim, int) and not isinstance(hidden_dim, bool) and hidden_dim >= 1),
+            f"method.proj_hidden_dim must be a positive integer or null (the encoder's width), got {hidden_dim!r}")
     if kind == "linear":
         return nn.Linear(in_dim, out_dim)
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    hidden = in_dim if hidden_dim is None else hidden_dim
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
 def moco_views(data_info: DataInfo, preset: str | None, views: dict[str, Any] | None) -> ViewPipeline:
@@ -126,7 +132,7 @@ class MoCo(nn.Module):
     ddp_broadcast_buffers = False  # the queue is gathered from every rank by the queue itself
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, head: str = "linear", proj_dim: int = 128,
-                 proj_hidden_dim: int = 2048, momentum: float = 0.99, queue_size: int = 4096,
+                 proj_hidden_dim: int | None = None, momentum: float = 0.99, queue_size: int = 4096,
                  temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
                  mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
                  weight_decay_all: bool = True, views: dict[str, Any] | None = None,
@@ -151,38 +157,37 @@ class MoCo(nn.Module):
         self.beta, self.reverse_term, self.weight_decay_all = float(beta), reverse_term, weight_decay_all
         self.views = moco_views(data_info, view_preset_name, views)
 
-    def _inputs(self, images: Tensor, generator: torch.Generator) -> list[dict[str, Any]]:
-        """Per direction (one, or two when symmetric): query view, key view, and the mixed query."""
-        v1, v2 = self.views(images, generator), self.views(images, generator)
-        pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
-        out = []
-        for xq, xk in pairs:
-            d: dict[str, Any] = {"query": xq, "key": xk}
-            if self.mix != "none":  # each direction draws its own mix (coin, lam, box)
-                mixed = unmix(xq, generator, self.mix_prob, self.beta)
-                d["mixed"], d["lam"] = mixed.images, mixed.lam
-            out.append(d)
-        return out
+    def _inputs(self, images: Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """The two views and, with ``mix``, one mixture of view 1 with its reversed batch (one coin,
+        lam and box). A symmetric loss uses that one mixture and its lam in both directions, as
+        Un-Mix's code (unmix_c10.py mixes ``im_1`` once per step and passes it to both directions)."""
+        d: dict[str, Any] = {"query": self.views(images, generator), "key": self.views(images, generator)}
+        if self.mix != "none":
+            mixed = unmix(d["query"], generator, self.mix_prob, self.beta)
+            d["mixed"], d["lam"] = mixed.images, mixed.lam
+        return d
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         check_batch_splits(images.shape[0], self.bn_splits)
+        d = self._inputs(images, generator)
+        x1, x2, lam = d["query"], d["key"], d.get("lam")
+        queue, t = self.queue.keys, self.temperature
+        # the mixture is encoded once: Un-Mix's code encodes it again in the second direction, where
+        # (train-mode BN, same input) it gives the same q_m
+        q_m = self.head(self.backbone(d["mixed"])) if "mixed" in d else None
         loss_orig = loss_mix = images.new_zeros((), dtype=torch.float32)
-        keys, lam = [], None
-        for d in self._inputs(images, generator):
-            q = self.head(self.backbone(d["query"]))
-            k = key_embed(self.key_backbone, self.key_head, d["key"], generator, self.shuffle_bn)
-            queue = self.queue.keys
-            loss_orig = loss_orig + info_nce(q, k, queue, self.temperature)
-            if "mixed" in d:
-                lam = d["lam"]
-                q_m = self.head(self.backbone(d["mixed"]))
-                mixed_term = lam * info_nce(q_m, k, queue, self.temperature)
+        keys = []
+        for xq, xk in ([(x1, x2), (x2, x1)] if self.symmetric else [(x1, x2)]):
+            q = self.head(self.backbone(xq))
+            k = key_embed(self.key_backbone, self.key_head, xk, generator, self.shuffle_bn)
+            loss_orig = loss_orig + info_nce(q, k, queue, t)
+            if q_m is not None:
+                loss_mix = loss_mix + lam * info_nce(q_m, k, queue, t)
                 if self.reverse_term:  # flip(q_m)[i] encodes mixed[B−1−i], where image i has weight 1 − lam
-                    mixed_term = mixed_term + (1 - lam) * info_nce(q_m.flip(0), k, queue, self.temperature)
-                loss_mix = loss_mix + mixed_term
+                    loss_mix = loss_mix + (1 - lam) * info_nce(q_m.flip(0), k, queue, t)
             keys.append(k)
-        # symmetric: both views' keys go in, once each per step (as the MoCo CIFAR demo's symmetric loss)
-        self.queue.enqueue(torch.cat(keys))
+        # symmetric: both views' keys, key(view 1) first, as Un-Mix's / MoCo's CIFAR code (cat([k1, k2]))
+        self.queue.enqueue(torch.cat(keys[::-1]))
         out = {"loss": loss_orig + loss_mix, "loss_orig": loss_orig.detach()}
         if lam is not None:
             out["loss_mix"], out["lam"] = loss_mix.detach(), lam.detach()
@@ -212,14 +217,17 @@ class MoCo(nn.Module):
         return embed_features(self.backbone, self.head, self.data_info, images, self.embed_from)
 
     @torch.no_grad()
+    def embed_head(self, images: Tensor) -> Tensor:
+        """The query head's output whatever ``embed`` says (kNN ``features: head``, paper 5's monitor)."""
+        return embed_features(self.backbone, self.head, self.data_info, images, "head")
+
+    @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """What each branch sees, normalised as the encoder sees it (the preview's rows)."""
-        directions = self._inputs(images, generator)
-        rows = {"view 1 (query)": directions[0]["query"], "view 2 (key)": directions[0]["key"]}
-        for i, d in enumerate(directions):
-            if "mixed" in d:
-                tag = f" of view {i + 1}" if self.symmetric else ""
-                rows[f"mixed{tag} (query)"] = d["mixed"]
-                if self.reverse_term:
-                    rows[f"mixed{tag}, reversed (query)"] = d["mixed"].flip(0)
+        d = self._inputs(images, generator)
+        rows = {"view 1 (query)": d["query"], "view 2 (key)": d["key"]}
+        if "mixed" in d:
+            rows["mixed (query)"] = d["mixed"]
+            if self.reverse_term:
+                rows["mixed, reversed (query)"] = d["mixed"].flip(0)
         return rows
