@@ -144,6 +144,9 @@ def main() -> None:
             ratios = [rd[c.name] / rd["simclr"] for rd in rounds]
             log(f"| {c.name} | {statistics.median(secs):.3f} ({spread(secs)}) | "
                 f"{statistics.median(ratios):.2f} ({spread(ratios)}) |")
+        for a, b in (("moco", "moco view-trick BN"), ("moco", "moco plain BN")):
+            ratios = [rd[a] / rd[b] for rd in rounds]
+            log(f"\n{a} step / {b} step (per round): median {statistics.median(ratios):.2f} ({spread(ratios)})")
         log(f"\n1-min load average during the rounds {min(loads)}–{max(loads)} on {os.cpu_count()} cores")
         if args.profile:
             for c in contenders:
