@@ -69,7 +69,7 @@ def test_asymmetric_loss_is_one_direction():
     loss_sym = sym(x, torch.zeros(8), g())["loss"]
     loss_asym = asym(x, torch.zeros(8), g())["loss"]
     gen = g()
-    v1, v2 = sym.views(x, gen), sym.views(x, gen)
+    v1, v2 = sym.views(x, gen), sym.views_2(x, gen)  # view 2 has its own settings (solarization)
     with torch.no_grad():
         p1, p2 = sym._predict(v1), sym._predict(v2)
         t1, t2 = sym._target(v1), sym._target(v2)
@@ -101,3 +101,81 @@ def test_killed_then_resumed_byol_equals_uninterrupted(tiny_folder, tmp_path):
     reference, resumed = kill_and_resume(args, tmp_path, kill_after_step=4)
     assert any(k.startswith("target_backbone.") for k in reference["model"])  # the EMA target is compared too
     assert_same_state(reference, resumed)
+
+
+# --- issue #17: LARS trust coefficient, per-view forwards, the second view's solarization ---------------------------
+
+
+def _lars_step(train_overrides: list[str], lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LARS step on a single decayed weight: (weight before, its gradient, weight after)."""
+    model = nn.Linear(4, 3, bias=False)
+    torch.nn.init.constant_(model.weight, 0.5)
+    opt = build_optimizer(model, resolve(None, ["train.optimizer=lars", "train.weight_decay=0", *train_overrides])["train"],
+                          lr=lr)
+    model.weight.grad = torch.arange(12.0).view(3, 4) / 100
+    before = model.weight.detach().clone()
+    opt.step()
+    return before, model.weight.grad, model.weight.detach()
+
+
+@pytest.mark.parametrize("overrides, clip", [([], False), (["train.lars_trust_coefficient=0.02"], False),
+                                             (["train.lars_trust_coefficient=0.02", "train.lars_clip_lr=true"], True)])
+def test_lars_trust_coefficient_and_clip_are_settings(overrides, clip):
+    eta = 0.02 if overrides else 0.001  # 0.001: LARS' / BYOL's default
+    for lr in (0.5, 1e-3):  # clipping binds at the small lr only: there min(lr, eta * ratio) = lr
+        before, grad, after = _lars_step(overrides, lr)
+        ratio = eta * before.norm() / grad.norm()  # first step: no momentum history, update = lr * trust * grad
+        step = torch.minimum(ratio, torch.tensor(lr)) if clip else lr * ratio
+        torch.testing.assert_close(after, before - step * grad, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("value", [0, -0.01])
+def test_bad_lars_trust_coefficient_is_one_line(value):
+    from unveil.errors import UserError
+
+    with pytest.raises(UserError, match="train.lars_trust_coefficient must be > 0") as exc:
+        resolve(None, [f"train.lars_trust_coefficient={value}"])
+    assert "\n" not in str(exc.value)
+
+
+def _hand_loss(method, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """BYOL's L + L~ with every view forwarded ALONE through the online and the target network."""
+    p1, p2 = method._predict(v1), method._predict(v2)
+    t1, t2 = method._target(v1), method._target(v2)
+    return byol_loss(p1, t2) + byol_loss(p2, t1)
+
+
+def test_each_view_goes_through_the_encoders_alone():
+    """Train mode: BatchNorm normalises with batch statistics, so a joint batch of both views is a different loss."""
+    method = tiny_byol().train()
+    x = images()
+    loss = method(x, torch.zeros(8), torch.Generator().manual_seed(4))["loss"]
+    assert method.backbone.rows_seen == [8, 8] and method.target_backbone.rows_seen == [8, 8]
+    gen = torch.Generator().manual_seed(4)
+    v1, v2 = method.views(x, gen), method.views_2(x, gen)
+    separate = _hand_loss(method, v1, v2)
+    joint_p = method._predict(torch.cat([v1, v2])).chunk(2)
+    joint_t = method._target(torch.cat([v1, v2])).chunk(2)
+    joint = byol_loss(joint_p[0], joint_t[1]) + byol_loss(joint_p[1], joint_t[0])
+    assert loss.item() == pytest.approx(separate.item(), rel=1e-6)
+    assert abs(separate.item() - joint.item()) > 1e-3  # the joint forward really is a different loss
+
+
+def test_masked_batches_go_through_the_encoders_alone():
+    method = tiny_byol(masking={"num_masks": 2, "high_pass_sigma": None}).train()
+    method(images(), torch.zeros(8), torch.Generator().manual_seed(4))
+    assert method.backbone.rows_seen == [8] * 4 and method.target_backbone.rows_seen == [8] * 4
+
+
+def test_the_second_view_solarizes_and_views_2_overrides_it():
+    method = tiny_byol()
+    assert (method.views.cfg.solarize_p, method.views_2.cfg.solarize_p) == (0.0, 0.2)  # BYOL's Table 6
+    assert method.views.cfg.jitter == method.views_2.cfg.jitter
+    sym = tiny_byol(views={"jitter_p": 0.5}, views_2={"solarize_p": 0.0})
+    assert sym.views_2.cfg == sym.views.cfg and sym.views.cfg.jitter_p == 0.5  # views: both, views_2: the second
+    one = tiny_byol(views={"solarize_p": 0.3})
+    assert one.views.cfg.solarize_p == one.views_2.cfg.solarize_p == 0.3  # views sets both, over the preset's
+    from unveil.errors import UserError
+
+    with pytest.raises(UserError, match="unknown views_2 option 'solarise_p'"):
+        tiny_byol(views_2={"solarise_p": 0.2})

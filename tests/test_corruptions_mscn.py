@@ -172,3 +172,48 @@ def test_masker_config_from_mappings_and_errors():
         MSCNMasker(num_masks=0)
     with pytest.raises(ValueError, match="same shape"):
         MSCNMasker()(batch(b=2), batch(b=3), gen())
+
+
+# --- focal windows sized as MSN's focal crops (issue #17) -------------------------------------------------------
+
+
+def _kept_boxes(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (image, channel) of a focal mask: kept-window height, width, and whether the kept pixels fill that box."""
+    kept = ~mask
+    h, w = kept.any(-1).sum(-1), kept.any(-2).sum(-1)
+    return h, w, kept.flatten(2).sum(-1) == h * w
+
+
+def test_focal_scale_windows_cover_msn_area_range_at_32px():
+    """focal_scale (0.05, 0.3): a crop of 5-30 % of the image, aspect 3/4-4/3, kept unresized (MSN's focal views)."""
+    m = focal_mask((256, 3, 32, 32), 0.15, gen(7), scale=(0.05, 0.3))
+    h, w, rect = _kept_boxes(m)
+    assert rect.all()  # one axis-aligned rectangle per (image, channel)
+    area = (h * w).float() / 1024
+    # rounding each side by half a pixel moves the area by at most ~(h + w) / 2 / 1024
+    slack = (h + w).float() / 2048 + 1e-6
+    assert torch.all(area >= 0.05 - slack) and torch.all(area <= 0.3 + slack)
+    aspect = w.float() / h.float()
+    assert torch.all(aspect >= 3 / 4 - 1 / h) and torch.all(aspect <= 4 / 3 + 1 / h)
+    assert area.min() < 0.09 and area.max() > 0.25  # drawn over the whole range, per mask
+    assert 6 <= h.min() and h.max() <= 20  # sides 6-20 px at 32 px (squares 7-18), vs 30 px with the old fixed window
+    shared = mscn_mask(batch(b=64), MaskConfig(p_focal=1.0, p_ind=0.0, focal_scale=(0.05, 0.3), noise_std=0.0), gen(2))
+    assert torch.equal(shared.mask, shared.mask[:, :1].expand_as(shared.mask))  # shared masks share the window size
+    own = mscn_mask(batch(b=64), MaskConfig(p_focal=1.0, p_ind=1.0, focal_scale=(0.05, 0.3), noise_std=0.0), gen(2))
+    sizes = own.mask.flatten(2).sum(-1)
+    assert (sizes != sizes[:, :1]).any(1).float().mean() > 0.9  # channel-independent windows differ in size too
+
+
+def test_focal_scale_leaves_other_configs_streams_alone_and_bad_values_fail():
+    x = batch(b=8)
+    before = mscn_mask(x, MaskConfig(p_focal=0.5, noise_std=0.1), gen(3))
+    again = mscn_mask(x, MaskConfig(p_focal=0.5, noise_std=0.1, focal_scale=None), gen(3))
+    assert torch.equal(before.images, again.images)
+    assert MaskConfig(focal_scale=[0.05, 0.3]).focal_scale == (0.05, 0.3)  # YAML lists become tuples
+    for bad in ([0.0, 0.3], [0.3, 0.05], [0.1], "big"):
+        with pytest.raises(ValueError, match="focal_scale"):
+            MaskConfig(focal_scale=bad)
+    with pytest.raises(ValueError, match="focal_side and focal_scale"):
+        MaskConfig(focal_side=10, focal_scale=(0.05, 0.3))
+    with pytest.raises(UserError, match="focal_scale"):
+        build_corruption("mscn", branch_a={"focal_scale": [0.5, 2]})

@@ -45,7 +45,7 @@ def masked_inputs(method, x):
     """The two masked batches the method draws, redrawn from the same seed."""
     g = gen()
     v1 = method.views(x, g)
-    v2 = method.views(x, g)
+    v2 = getattr(method, "views_2", method.views)(x, g)  # BYOL's view 2 has its own settings (solarization)
     a, b = method.masker(v1, v2, g)
     return a.images, b.images
 

@@ -248,6 +248,56 @@ def test_random_blur_probability_and_truncated_kernel() -> None:
     torch.testing.assert_close(ops.gaussian_blur(x, 23, (2.0, 2.0), 1.0, _gen()), ref, atol=1e-4, rtol=0)
 
 
+# --- solarize (BYOL's second view) -----------------------------------------------------------------
+
+
+def test_solarize_matches_torchvision_and_inverts_only_at_or_above_half() -> None:
+    x = torch.rand(4, 3, 9, 9)
+    x[0, 0, 0, :3] = torch.tensor([0.5, 0.4999, 0.9])
+    out = ops.solarize(x)
+    torch.testing.assert_close(out, TF.solarize(x, 0.5), atol=0, rtol=0)
+    assert out[0, 0, 0, :3].tolist() == pytest.approx([0.5, 0.4999, 1 - 0.9])  # 0.5 itself is inverted: 1 - 0.5
+    hi = x >= 0.5
+    assert torch.equal(out[hi], 1 - x[hi]) and torch.equal(out[~hi], x[~hi])
+
+
+def test_random_solarize_draws_per_sample_from_the_generator() -> None:
+    x = torch.rand(64, 3, 6, 6)
+    assert torch.equal(ops.random_solarize(x, 0.0, _gen()), x)  # p = 0: identity
+    assert torch.equal(ops.random_solarize(x, 1.0, _gen()), ops.solarize(x))  # p = 1: every sample
+    half = ops.random_solarize(x, 0.5, _gen(3))
+    chosen = (half != x).flatten(1).any(1)
+    assert 16 < chosen.sum() < 48  # per-sample draws, not one coin for the batch
+    assert torch.equal(half[chosen], ops.solarize(x[chosen])) and torch.equal(half[~chosen], x[~chosen])
+    expected = torch.rand(64, generator=_gen(3)) < 0.5  # one uniform per sample, in batch order
+    assert torch.equal(chosen, expected)
+    assert torch.equal(ops.random_solarize(x, 0.5, _gen(3)), half)  # seeded
+
+
+def test_pipeline_solarizes_before_normalising_and_p0_draws_nothing() -> None:
+    x = _images(8, 16, 16)
+    raw = ViewPipeline(_plain(16, normalize=False, solarize_p=1.0))(x, _gen())
+    torch.testing.assert_close(raw, ops.solarize(x.float() / 255), atol=1e-6, rtol=0)
+    # p = 0 consumes no random numbers: the views of every other setting keep their random streams
+    cifar = view_preset("cifar", 16)
+    g1, g2 = _gen(5), _gen(5)
+    plain = ViewPipeline(cifar)
+    assert torch.equal(plain(x, g1), ViewPipeline(view_preset("cifar", 16, solarize_p=0.0))(x, g2))
+    assert torch.equal(plain(x, g1), ViewPipeline(cifar)(x, g2))  # the streams are still in step
+
+
+def test_byol_preset_pair_differs_in_the_second_view_only() -> None:
+    from unveil.views import view_pair
+
+    for size in (32, 224):
+        v1, v2 = view_pair("byol", size)
+        assert (v1.solarize_p, v2.solarize_p) == (0.0, 0.2)  # BYOL Table 6
+        assert (v1.blur_p, v2.blur_p) == ((1.0, 0.1) if size >= 96 else (0.0, 0.0))
+        assert v1.jitter == v2.jitter == (0.4, 0.4, 0.2, 0.1)
+    a, b = view_pair("cifar", 32, views={"gray_p": 0.5}, views_2={"solarize_p": 0.1})
+    assert a.gray_p == b.gray_p == 0.5 and (a.solarize_p, b.solarize_p) == (0.0, 0.1)
+
+
 def test_normalize() -> None:
     x = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(ops.normalize(x, MEAN, STD), _ref_normalize(x), atol=1e-6, rtol=0)
@@ -299,6 +349,7 @@ def test_presets_carry_the_papers_settings() -> None:
         (lambda: ViewConfig(size=32, crop_scale=(0.1, 1.5)), "views.crop_scale"),
         (lambda: ViewConfig(size=32, crop_ratio=(0.0, 1.0)), "views.crop_ratio"),
         (lambda: ViewConfig(size=32, flip_p=1.5), "views.flip_p"),
+        (lambda: ViewConfig(size=32, solarize_p=-0.1), "views.solarize_p"),
         (lambda: ViewConfig(size=32, jitter=(0.4, 0.4, 0.4)), "views.jitter"),
         (lambda: ViewConfig(size=32, jitter=(0.4, 0.4, 0.4, 0.7)), "hue"),
         (lambda: ViewConfig(size=32, blur_sigma=(2.0, 0.1)), "views.blur_sigma"),

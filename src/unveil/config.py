@@ -45,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
         "scale_lr": True,
         "weight_decay": 5e-4,
         "momentum": 0.9,
+        # LARS only: the trust coefficient (eta) of the layer-wise rate eta * ||w|| / ||g + wd * w||;
+        # 0.001 is LARS' / BYOL's, solo-learn's CIFAR recipes use 0.02. clip_lr caps each layer's rate
+        # at the scheduled lr (min(lr, eta * ratio): NVIDIA's LARC "clip" mode, solo-learn's clip_lr)
+        # instead of multiplying by it.
+        "lars_trust_coefficient": 0.001,
+        "lars_clip_lr": False,
         "betas": [0.9, 0.999],
         "schedule": "cosine",  # cosine | constant | cosine_epoch (per-epoch steps, as the AE repos)
         "warmup_epochs": 0.0,
@@ -243,6 +249,9 @@ def validate(cfg: dict[str, Any]) -> None:
     require(t["lr"] > 0, f"train.lr must be > 0, got {t['lr']!r}")
     require(t["weight_decay"] >= 0, f"train.weight_decay must be >= 0, got {t['weight_decay']!r}")
     require(0 <= t["momentum"] < 1, f"train.momentum must be in [0, 1), got {t['momentum']!r}")
+    require(t["lars_trust_coefficient"] > 0,
+            f"train.lars_trust_coefficient must be > 0 (LARS' eta, e.g. 0.001), "
+            f"got {t['lars_trust_coefficient']!r}")
     require(t["warmup_epochs"] >= 0, f"train.warmup_epochs must be >= 0, got {t['warmup_epochs']!r}")
     require(t["grad_clip_norm"] is None or t["grad_clip_norm"] > 0,
             f"train.grad_clip_norm must be > 0 (or null for no clipping), got {t['grad_clip_norm']!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -134,28 +134,67 @@ def focal_side(size: int, ratio: float) -> int:
     return max(1, min(size, round(size * math.sqrt(1.0 - ratio))))
 
 
-def _focal_from_corners(corners: Tensor, ratio: float, height: int, width: int, side: int | None) -> Tensor:
-    """Focal mask (n, c, H, W) from uniform corner draws (n, c, 2): True outside the window."""
-    wh, ww = (focal_side(height, ratio), focal_side(width, ratio)) if side is None else (min(side, height), min(side, width))
-    top = (corners[..., 0] * (height - wh + 1)).floor()[..., None, None]
-    left = (corners[..., 1] * (width - ww + 1)).floor()[..., None, None]
+FOCAL_ASPECT = (3 / 4, 4 / 3)  # focal_scale windows' aspect ratio range: RandomResizedCrop's default, as MSN's
+
+
+def focal_window_sizes(shape_draws: Tensor, scale: Sequence[float], height: int,
+                       width: int) -> tuple[Tensor, Tensor]:
+    """Window (height, width) in px per mask from uniform draws (..., 2): area fraction uniform in
+    ``scale``, aspect ratio log-uniform in ``FOCAL_ASPECT`` (torchvision's RandomResizedCrop
+    parameters, MSN's focal crops), rounded and clipped to the image: a crop *without* resizing."""
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * shape_draws[..., 0])
+    lo, hi = math.log(FOCAL_ASPECT[0]), math.log(FOCAL_ASPECT[1])
+    aspect = torch.exp(lo + (hi - lo) * shape_draws[..., 1])
+    wh = torch.sqrt(area / aspect).round().clamp(1, height)
+    ww = torch.sqrt(area * aspect).round().clamp(1, width)
+    return wh, ww
+
+
+def _focal_from_corners(corners: Tensor, ratio: float, height: int, width: int, side: int | None,
+                        sizes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Focal mask (n, c, H, W) from uniform corner draws (n, c, 2): True outside the window. The
+    window is ``sizes`` (per-mask (n, c) heights and widths) when given, else one fixed side."""
+    if sizes is not None:
+        wh, ww = sizes[0][..., None, None], sizes[1][..., None, None]
+    elif side is None:
+        wh, ww = focal_side(height, ratio), focal_side(width, ratio)
+    else:
+        wh, ww = min(side, height), min(side, width)
+    top = (corners[..., 0, None, None] * (height - wh + 1)).floor()
+    left = (corners[..., 1, None, None] * (width - ww + 1)).floor()
     r = torch.arange(height, device=corners.device).view(height, 1)
     q = torch.arange(width, device=corners.device).view(1, width)
     return ((r < top) | (r >= top + wh)) | ((q < left) | (q >= left + ww))  # small, then one full pass
 
 
 def focal_mask(
-    size: Sequence[int], ratio: float, generator: torch.Generator, side: int | None = None
+    size: Sequence[int], ratio: float, generator: torch.Generator, side: int | None = None,
+    scale: Sequence[float] | None = None,
 ) -> Tensor:
     """Focal mask, bool (B, C, H, W), True = masked: everything outside one random window is masked.
 
-    The window (a random crop without resizing) is ``side`` px square, or when None
-    round(H·√(1 − r)) × round(W·√(1 − r)), so the masked fraction is about ``ratio``; its
-    position is uniform over the valid top-left corners.
+    The window (a random crop without resizing) is ``side`` px square, or with ``scale`` a random
+    rectangle per mask whose area is a fraction in ``scale`` of the image (``focal_window_sizes``),
+    or when both are None round(H·√(1 − r)) × round(W·√(1 − r)), so the masked fraction is about
+    ``ratio``; its position is uniform over the valid top-left corners.
     """
     b, c, h, w = size
     check_fraction(ratio, "ratio (fraction of the image outside the focal window)")
-    return _focal_from_corners(rand((b, c, 2), generator), ratio, h, w, side)
+    corners = rand((b, c, 2), generator)
+    if scale is None:
+        return _focal_from_corners(corners, ratio, h, w, side)
+    _check_focal_scale(scale)
+    sizes = focal_window_sizes(rand((b, c, 2), generator), scale, h, w)
+    return _focal_from_corners(corners, ratio, h, w, None, sizes)
+
+
+def _check_focal_scale(scale: Any) -> tuple[float, float]:
+    ok = (isinstance(scale, (tuple, list)) and len(scale) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale))
+    if not ok or not 0 < scale[0] <= scale[1] <= 1:
+        fail(f"focal_scale must be [min, max] area fractions with 0 < min <= max <= 1 (MSN: [0.05, 0.3]), "
+             f"got {scale!r}")
+    return float(scale[0]), float(scale[1])
 
 
 @dataclass(frozen=True)
@@ -172,6 +211,9 @@ class MaskConfig:
     fill: float = 0.0  # value of masked pixels before the noise (0 = null after the high-pass)
     focal_side: int | None = None  # focal window side in px; None = round(S·√(1 − ratio))
     ind_focal: bool = True  # channel-independent masks also for focal masks
+    # focal window area as a random fraction of the image per mask (MSN's focal crops: [0.05, 0.3]), aspect
+    # ratio in [3/4, 4/3]; None = the fixed window of focal_side / ratio
+    focal_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("p_apply", "p_focal", "p_ind", "ratio"):
@@ -189,6 +231,11 @@ class MaskConfig:
             check_positive_int(self.focal_side, "focal_side")
         if not isinstance(self.ind_focal, bool):
             fail(f"ind_focal must be true or false, got {self.ind_focal!r}")
+        if self.focal_scale is not None:
+            # YAML lists -> a tuple, so configs compare and hash alike
+            object.__setattr__(self, "focal_scale", _check_focal_scale(self.focal_scale))
+            if self.focal_side is not None:
+                fail("focal_side and focal_scale both set: choose a fixed window side or a random area range")
 
 
 class MSCNMaskResult(NamedTuple):
@@ -222,8 +269,13 @@ def mscn_mask(x: Tensor, config: MaskConfig, generator: torch.Generator, num_mas
     corners = rand((n, c, 2), generator)
     cell_noise = torch.where(shared, cell_noise[:, :1], cell_noise)
     corners = torch.where(shared, corners[:, :1], corners)
+    sizes = None
+    if config.focal_scale is not None:  # drawn only when asked for: other configs keep their random streams
+        shape_draws = rand((n, c, 2), generator)
+        shape_draws = torch.where(shared, shape_draws[:, :1], shape_draws)
+        sizes = focal_window_sizes(shape_draws, config.focal_scale, h, w)
     grid = _grid_from_noise(cell_noise, config.ratio, h, w, config.cell_size, config.grid_cells)
-    outside = _focal_from_corners(corners, config.ratio, h, w, config.focal_side)
+    outside = _focal_from_corners(corners, config.ratio, h, w, config.focal_side, sizes)
     mask = torch.where(focal.view(-1, 1, 1, 1), outside, grid) & applied.view(-1, 1, 1, 1)
     if config.noise_std > 0:
         noise = torch.randn((n, c, h, w), generator=generator, device=x.device).mul_(config.noise_std).add_(config.fill)

@@ -2,8 +2,9 @@
 
 A method with a ``masking:`` setting compares branch-A-masked versions of view 1 with
 branch-B-masked versions of view 2 (``corruptions.mscn_masker.MSCNMasker``: high-pass, grid /
-focal masks, noise fill, ``num_masks`` per view). With ``num_masks = k`` the encoder runs once on
-the k·B + k·B masked inputs and the loss is the mean over the k×k cross-view pairs.
+focal masks, noise fill, ``num_masks`` per view). With ``num_masks = k`` each view has k masked
+batches of B (mask-major) and the loss is the mean over the k×k cross-view pairs; SimCLR encodes
+all 2·k·B inputs in one pass, BYOL each B-batch alone (``per_batch``).
 ``same_view: true`` masks the *same* augmented view twice (paper 4's Table 7 ablation).
 
 A model trained on high-passed inputs is evaluated on high-passed inputs too (methods.md 3.1,
@@ -47,19 +48,36 @@ def build_masker(masking: dict[str, Any] | None) -> tuple[MSCNMasker | None, boo
         raise UserError(f"method.masking: {exc}") from None
 
 
-def masked_pair(views: Callable[[Tensor, torch.Generator], Tensor], masker: MSCNMasker | None, same_view: bool,
+ViewFn = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def two_views(views: ViewFn | tuple[ViewFn, ViewFn], same_view: bool, images: Tensor,
+              generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """View 1 and view 2, drawn in that order from ``generator``. ``views`` is one pipeline for both
+    (SimCLR) or a (view 1, view 2) pair (BYOL's asymmetric views); ``same_view`` returns view 1 twice."""
+    first, second = views if isinstance(views, tuple) else (views, views)
+    v1 = first(images, generator)
+    return v1, (v1 if same_view else second(images, generator))
+
+
+def masked_pair(views: ViewFn | tuple[ViewFn, ViewFn], masker: MSCNMasker | None, same_view: bool,
                 images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
     """The two batches the encoder compares, and how many masked versions each holds.
 
     Without a masker: (view 1, view 2, 1), drawn exactly as the unmasked methods always did.
     With one: (view 1 masked by branch A, view 2 masked by branch B, num_masks), each
     (num_masks·B, C, H, W) mask-major; ``same_view`` masks one view twice."""
-    v1 = views(images, generator)
-    v2 = v1 if same_view else views(images, generator)
+    v1, v2 = two_views(views, same_view, images, generator)
     if masker is None:
         return v1, v2, 1
     a, b = masker(v1, v2, generator)
     return a.images, b.images, masker.num_masks
+
+
+def per_batch(fn: Callable[[Tensor], Tensor], x: Tensor, k: int) -> Tensor:
+    """``fn`` on each of the k mask-major batches of ``x`` separately, outputs concatenated: every
+    batch gets its own BatchNorm statistics (BYOL's and lightly's code forward each view alone)."""
+    return fn(x) if k == 1 else torch.cat([fn(part) for part in x.chunk(k)])
 
 
 def mean_over_pairs(loss_fn: Callable[..., Tensor], a: Sequence[Tensor], b: Sequence[Tensor], k: int) -> Tensor:
@@ -118,11 +136,10 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def branch_views(views: Callable[[Tensor, torch.Generator], Tensor], masker: MSCNMasker | None, same_view: bool,
+def branch_views(views: ViewFn | tuple[ViewFn, ViewFn], masker: MSCNMasker | None, same_view: bool,
                  images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
     """Preview rows: the plain views and (with masking) the first masked version of each branch."""
-    v1 = views(images, generator)
-    v2 = v1 if same_view else views(images, generator)
+    v1, v2 = two_views(views, same_view, images, generator)
     rows = {"view 1": v1} if same_view else {"view 1": v1, "view 2": v2}
     if masker is not None:
         a, b = masker(v1, v2, generator)

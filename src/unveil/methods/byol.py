@@ -5,7 +5,14 @@ updated after every optimizer step with BYOL's cosine momentum (0.996 → 1). Lo
 MSE ``2 − 2 cos`` of ``losses.byol``. ``symmetric: true`` (BYOL's choice) *sums* both directions
 (view 1 → target of view 2, plus view 2 → target of view 1: BYOL's ``L + L~``, range [0, 8]);
 ``false`` keeps one direction (view 1's prediction of view 2's target, range [0, 4]).
-``masking:`` adds MSCN's masks (methods.md 3, ``methods._masking``), as for SimCLR.
+
+Each view goes through the online and the target network on its own, so BatchNorm normalises
+each view with its own batch statistics, as BYOL's code and lightly's and solo-learn's do (one
+joint batch of both views would be a different loss: SimCLR's code concatenates, BYOL's does not).
+The two views have their own settings: ``views`` applies to both, ``views_2`` to view 2 only, on
+top of the preset's own asymmetry (``byol``: solarization p 0.2 in view 2, ``views.SECOND_VIEW``).
+``masking:`` adds MSCN's masks (methods.md 3, ``methods._masking``), as for SimCLR; each masked
+batch is forwarded alone too.
 """
 
 from __future__ import annotations
@@ -16,9 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from ..losses.byol import byol_loss
-from ..views import ViewPipeline, eval_transform, view_preset
+from ..views import ViewPipeline, eval_transform, view_pair
 from . import DataInfo, register
-from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
+from ._masking import (
+    branch_views,
+    build_masker,
+    eval_filter_of,
+    input_filter,
+    masked_pair,
+    mean_over_pairs,
+    per_batch,
+)
 from ._siamese import copy_into_, cosine_momentum, ema_update_, mlp, momentum_copy
 
 
@@ -29,7 +44,7 @@ class BYOL(nn.Module):
     def __init__(self, backbone: nn.Module, data_info: DataInfo, proj_hidden_dim: int = 4096, proj_dim: int = 256,
                  pred_hidden_dim: int = 4096, base_momentum: float = 0.996, end_momentum: float = 1.0,
                  symmetric: bool = True, views: dict[str, Any] | None = None, view_preset_name: str = "byol",
-                 masking: dict[str, Any] | None = None, **unused: Any):
+                 views_2: dict[str, Any] | None = None, masking: dict[str, Any] | None = None, **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"unknown byol settings: {', '.join(unused)}")
@@ -46,8 +61,9 @@ class BYOL(nn.Module):
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
         self.target_backbone = momentum_copy(backbone)
         self.target_projector = momentum_copy(self.projector)
-        self.views = ViewPipeline(view_preset(view_preset_name, data_info.image_size, mean=tuple(data_info.mean),
-                                              std=tuple(data_info.std), **(views or {})))
+        cfg1, cfg2 = view_pair(view_preset_name, data_info.image_size, views, views_2,
+                               mean=tuple(data_info.mean), std=tuple(data_info.std))
+        self.views, self.views_2 = ViewPipeline(cfg1), ViewPipeline(cfg2)
         self.masker, self.same_view = build_masker(masking)
         self.eval_filter = eval_filter_of(self.masker)
         self._eval_filter_fn = input_filter(self.eval_filter)
@@ -60,14 +76,16 @@ class BYOL(nn.Module):
         return self.predictor(self.projector(self.backbone(x)))
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        xa, xb, k = masked_pair(self.views, self.masker, self.same_view, images, generator)
+        xa, xb, k = masked_pair((self.views, self.views_2), self.masker, self.same_view, images, generator)
+        # one forward per view (and per masked batch): each gets its own BatchNorm batch statistics
         if self.symmetric:
-            pa, pb = self._predict(torch.cat([xa, xb])).chunk(2)
-            ta, tb = self._target(torch.cat([xa, xb])).chunk(2)
+            pa, pb = per_batch(self._predict, xa, k), per_batch(self._predict, xb, k)
+            ta, tb = per_batch(self._target, xa, k), per_batch(self._target, xb, k)
             loss = mean_over_pairs(lambda p_a, t_a, p_b, t_b: byol_loss(p_a, t_b) + byol_loss(p_b, t_a),
                                    (pa, ta), (pb, tb), k)
         else:  # one direction: branch A (view 1) online, branch B (view 2) target
-            loss = mean_over_pairs(byol_loss, (self._predict(xa),), (self._target(xb),), k)
+            pa, tb = per_batch(self._predict, xa, k), per_batch(self._target, xb, k)
+            loss = mean_over_pairs(byol_loss, (pa,), (tb,), k)
         return {"loss": loss}
 
     def momentum_at(self, step: int, total_steps: int) -> float:
@@ -88,7 +106,7 @@ class BYOL(nn.Module):
 
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        return branch_views(self.views, self.masker, self.same_view, images, generator)
+        return branch_views((self.views, self.views_2), self.masker, self.same_view, images, generator)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -17,12 +17,16 @@ class LARS(torch.optim.Optimizer):
 
     Parameter groups with ``lars=False`` (biases, norm layers: the groups excluded from weight
     decay) skip both the trust ratio and weight decay, as in SimCLR/BYOL/Barlow Twins.
+    A layer's rate is ``lr · η‖w‖ / ‖g + wd·w‖`` (η = ``trust_coefficient``; SimCLR's and BYOL's
+    code). ``clip_lr`` makes it ``min(lr, η‖w‖ / ‖g + wd·w‖)`` instead: the scheduled lr is a cap,
+    not a factor (NVIDIA's LARC "clip" mode, solo-learn's ``clip_lr``), so a recipe taken from
+    solo-learn needs it to mean the same η.
     """
 
     def __init__(self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):
+                 trust_coefficient: float = 0.001, eps: float = 1e-8, clip_lr: bool = False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps, lars=True)
+                        trust_coefficient=trust_coefficient, eps=eps, lars=True, clip_lr=clip_lr)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -37,11 +41,10 @@ class LARS(torch.optim.Optimizer):
                     if group["weight_decay"]:
                         grad = grad.add(p, alpha=group["weight_decay"])
                     p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (p_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * p_norm / (g_norm + group["eps"]),
-                        torch.ones_like(p_norm),
-                    )
+                    ratio = group["trust_coefficient"] * p_norm / (g_norm + group["eps"])
+                    if group.get("clip_lr") and group["lr"] > 0:  # the step is lr · min(ratio / lr, 1)
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    trust = torch.where((p_norm > 0) & (g_norm > 0), ratio, torch.ones_like(p_norm))
                     grad = grad * trust
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
@@ -84,8 +87,10 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any], lr: float) -> torch.o
     groups = param_groups(model, wd)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+    if name == "lars":  # .get: run configs saved before these settings existed still load
+        return LARS(groups, lr=lr, momentum=cfg["momentum"], weight_decay=wd,
+                    trust_coefficient=float(cfg.get("lars_trust_coefficient", 0.001)),
+                    clip_lr=bool(cfg.get("lars_clip_lr", False)))
     for g in groups:
         g.pop("lars")
     if name == "sgd":

@@ -1,8 +1,9 @@
 """Colour ops on (B, 3, H, W) float [0, 1] batches with per-sample factors (torchvision semantics).
 
-``adjust_*`` are the deterministic kernels (a factor tensor (B,) in, pure); ``color_jitter`` and
-``random_grayscale`` draw their parameters from a generator. ``inplace=True`` lets the pipeline
-reuse its own buffer instead of allocating a new image-sized tensor per op.
+``adjust_*`` and ``solarize`` are the deterministic kernels (pure); ``color_jitter``,
+``random_grayscale`` and ``random_solarize`` draw their parameters from a generator.
+``inplace=True`` lets the pipeline reuse its own buffer instead of allocating a new image-sized
+tensor per op.
 """
 
 from __future__ import annotations
@@ -131,3 +132,28 @@ def random_grayscale(x: Tensor, p: float, generator: torch.Generator, inplace: b
         x = owned(x, inplace)
         gray = col(rand((x.shape[0],), generator, x.device) < p)
         return torch.where(gray, rgb_to_grayscale(x), x, out=x)
+
+
+SOLARIZE_THRESHOLD = 0.5  # on [0, 1] pixels: torchvision's solarize at 0.5, BYOL's, PIL's 128 of 255
+
+
+def _solarize_(x: Tensor, on: Tensor, threshold: float) -> Tensor:
+    flip = (x >= threshold) & col(on)
+    return torch.where(flip, 1.0 - x, x, out=x)
+
+
+def solarize(x: Tensor, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    """Invert every pixel at or above ``threshold``: ``1 − x`` where ``x ≥ threshold`` (torchvision's
+    ``solarize``; PIL's ``ImageOps.solarize`` at 128 on uint8)."""
+    with no_autocast(x.device):
+        x = owned(x, False)
+        return _solarize_(x, torch.ones(x.shape[0], dtype=torch.bool, device=x.device), threshold)
+
+
+def random_solarize(x: Tensor, p: float, generator: torch.Generator, inplace: bool = False,
+                    threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    """Solarize each sample with probability ``p`` (one draw per sample from ``generator``), on the
+    images' device: BYOL's second view (p 0.2)."""
+    with no_autocast(x.device):
+        x = owned(x, inplace)
+        return _solarize_(x, rand((x.shape[0],), generator, x.device) < p, threshold)

@@ -27,6 +27,7 @@ class ViewConfig:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel_frac: float = 0.1  # kernel ~ 10 % of the output side, odd
+    solarize_p: float = 0.0  # invert pixels >= 0.5 (on [0, 1]) with this probability per sample (BYOL view 2)
     normalize: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -60,7 +61,7 @@ class ViewConfig:
         require(0 < lo <= hi <= 1, f"views.crop_scale must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
         lo, hi = pair("crop_ratio")
         require(0 < lo <= hi, f"views.crop_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p"):
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
             value = getattr(self, name)
             require(
                 isinstance(value, int | float) and 0 <= value <= 1,
@@ -89,8 +90,15 @@ def _simclr(size: int) -> dict[str, Any]:
 
 
 def _byol(size: int) -> dict[str, Any]:
-    # BYOL's jitter; blur kept symmetric (p .5) as in MSCN's A.1, no solarization (not in MSCN's list).
-    return {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": 0.5 if size >= 96 else 0.0}
+    # BYOL's view 1 (Grill et al. 2020, Table 6; lightly's BYOLView1Transform): jitter (0.4, 0.4, 0.2, 0.1)
+    # p .8, gray .2, blur always, no solarization. Blur only where 10 % of the side is a meaningful kernel
+    # (96 px and up): at 32 px solo-learn's and lightly's CIFAR BYOL turn it off.
+    return {"jitter": (0.4, 0.4, 0.2, 0.1), "blur_p": 1.0 if size >= 96 else 0.0}
+
+
+def _byol_view2(size: int) -> dict[str, Any]:
+    # BYOL's view 2 differs from view 1 in blur (p .1) and solarization (p .2) (Table 6; BYOLView2Transform).
+    return {"blur_p": 0.1 if size >= 96 else 0.0, "solarize_p": 0.2}
 
 
 PRESETS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -104,13 +112,38 @@ PRESETS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+# What a preset's SECOND view changes on top of its first (asymmetric presets only; the others make
+# both views alike). Methods with two view pipelines (BYOL) read it through ``view_pair``.
+SECOND_VIEW: dict[str, Callable[[int], dict[str, Any]]] = {
+    "byol": _byol_view2,
+}
+
+
+def _check_keys(overrides: dict[str, Any], where: str) -> None:
+    fields = [f.name for f in dataclasses.fields(ViewConfig) if f.name != "size"]
+    for key in overrides:
+        require(key in fields, f"unknown {where} option '{key}': choose from {', '.join(fields)}")
+
+
 def view_preset(name: str, size: int, **overrides: Any) -> ViewConfig:
     """The named preset at output side ``size``, with recipe ``overrides`` on top."""
     require(name in PRESETS, f"unknown views preset '{name}': choose one of {', '.join(PRESETS)}")
-    fields = [f.name for f in dataclasses.fields(ViewConfig) if f.name != "size"]
-    for key in overrides:
-        require(key in fields, f"unknown views option '{key}': choose from {', '.join(fields)}")
+    _check_keys(overrides, "views")
     return ViewConfig(size=size, **{**PRESETS[name](size), **overrides})
+
+
+def view_pair(name: str, size: int, views: dict[str, Any] | None = None,
+              views_2: dict[str, Any] | None = None, **common: Any) -> tuple[ViewConfig, ViewConfig]:
+    """The two views of a two-pipeline method: view 1 = preset + ``views``; view 2 = preset + the
+    preset's second-view changes (``SECOND_VIEW``) + ``views`` + ``views_2``. So ``views`` sets both
+    views and ``views_2`` only the second (e.g. ``views_2: {solarize_p: 0.0}`` makes BYOL symmetric).
+    ``common`` (mean, std) goes to both."""
+    views, views_2 = dict(views or {}), dict(views_2 or {})
+    _check_keys(views_2, "views_2")
+    first = view_preset(name, size, **{**common, **views})
+    second_extra = SECOND_VIEW[name](size) if name in SECOND_VIEW else {}
+    second = view_preset(name, size, **{**second_extra, **common, **views, **views_2})
+    return first, second
 
 
 _SMALL_DATASETS = ("cifar", "fashion-mnist", "fashion_mnist", "fashionmnist", "mnist", "svhn")

@@ -28,7 +28,9 @@ from .color import (
     adjust_saturation,
     color_jitter,
     random_grayscale,
+    random_solarize,
     rgb_to_grayscale,
+    solarize,
 )
 
 __all__ = [
@@ -45,9 +47,11 @@ __all__ = [
     "random_grayscale",
     "random_horizontal_flip",
     "random_resized_crop",
+    "random_solarize",
     "resized_crop",
     "rgb_to_grayscale",
     "sample_crop_boxes",
+    "solarize",
     "to_float",
 ]
 

@@ -22,7 +22,7 @@ def _check_images(images: Tensor) -> None:
 
 
 class ViewPipeline(nn.Module):
-    """Random resized crop + flip -> colour jitter -> grayscale -> blur -> normalize, batched.
+    """Random resized crop + flip -> colour jitter -> grayscale -> blur -> solarize -> normalize, batched.
 
     One call makes one view of every image; call it twice with the same generator for two views.
     All randomness comes from ``generator`` (best on the images' device: a CPU generator with CUDA
@@ -71,6 +71,8 @@ class ViewPipeline(nn.Module):
                 x = ops.random_grayscale(x, cfg.gray_p, generator, inplace=True)
             if cfg.blur_p > 0:
                 x = ops.gaussian_blur(x, self.blur_kernel, cfg.blur_sigma, cfg.blur_p, generator, inplace=True)
+            if cfg.solarize_p > 0:  # after blur, as BYOL's pipeline; p 0 draws nothing (streams unchanged)
+                x = ops.random_solarize(x, cfg.solarize_p, generator, inplace=True)
             if cfg.normalize:
                 mean, std = self._mean_std(x.device)
                 x = x.sub_(mean).div_(std)
