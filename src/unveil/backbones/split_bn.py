@@ -16,9 +16,11 @@ split runs the fused native kernels in place, joined by one ``cat``), and ``spli
 model's input batch in split-major order (images 0, s, 2s, ... first) and its outputs back, so each
 block holds the images of one of the code's splits: the same numbers as the code (tests/test_split_bn.py
 and the lightly parity test), at the cost of reordering the input images and the outputs once per
-forward. On CPU (bf16 autocast, channels_last) a MoCo step took 0.83 of a SimCLR step with the view
-trick against 0.68 with this, 0.66 with plain BatchNorm (benchmarks/bench_moco_step.py); the GPU
-effect is unmeasured.
+forward. On CPU (bf16 autocast, channels_last) a MoCo step took 0.81 of a SimCLR step with the view
+trick against 0.72 with this and 0.67 with plain BatchNorm at batch 32 (0.80 / 0.67 / 0.64 at batch 64;
+benchmarks/bench_moco_step.py, benchmarks/results/2026-12-03-bench_moco_step*.md). The GPU effect is
+unmeasured: the copies are gone, but a layer makes 8 BatchNorm calls instead of one, which costs more
+host-side dispatch where a step is dispatch-bound (small batches).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -51,8 +52,11 @@ class SplitBatchNorm(nn.BatchNorm2d):
         track = self.track_running_stats and self.running_mean is not None
         mean_split = self.running_mean.repeat(s).view(s, c) if track else None
         var_split = self.running_var.repeat(s).view(s, c) if track else None
-        out = torch.cat([F.batch_norm(xj, mean_split[j] if track else None, var_split[j] if track else None,
-                                      self.weight, self.bias, True, momentum, self.eps)
+        # torch.batch_norm: F.batch_norm without its Python checks (8 calls a layer; check_batch_splits
+        # already guarantees 2+ images a split)
+        out = torch.cat([torch.batch_norm(xj, self.weight, self.bias, mean_split[j] if track else None,
+                                          var_split[j] if track else None, True, momentum, self.eps,
+                                          torch.backends.cudnn.enabled)
                          for j, xj in enumerate(x.chunk(s))])
         if track:
             with torch.no_grad():
