@@ -16,9 +16,9 @@ split runs the fused native kernels in place, joined by one ``cat``), and ``spli
 model's input batch in split-major order (images 0, s, 2s, ... first) and its outputs back, so each
 block holds the images of one of the code's splits: the same numbers as the code (tests/test_split_bn.py
 and the lightly parity test), at the cost of reordering the input images and the outputs once per
-forward. On CPU (bf16 autocast, channels_last) a MoCo step took 0.81 of a SimCLR step with the view
-trick against 0.72 with this and 0.67 with plain BatchNorm at batch 32 (0.80 / 0.67 / 0.64 at batch 64;
-benchmarks/bench_moco_step.py, benchmarks/results/2026-12-03-bench_moco_step*.md). The GPU effect is
+forward. On CPU (bf16 autocast, channels_last, CIFAR stem) a MoCo step took 0.87 of a SimCLR step with
+the view trick against 0.70 with this and 0.68 with plain BatchNorm at batch 32 (0.83 / 0.67 / 0.67 at
+batch 64; benchmarks/bench_moco_step.py, benchmarks/results/2026-12-03-bench_moco_step*.md). The GPU effect is
 unmeasured: the copies are gone, but a layer makes 8 BatchNorm calls instead of one, which costs more
 host-side dispatch where a step is dispatch-bound (small batches).
 """
