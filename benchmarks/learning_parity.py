@@ -78,7 +78,7 @@ def standard_error(top1: float, n: int) -> float:
 # ---------------------------------------------------------------------------------------------- unveil
 def run_unveil(method: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The shipped recipe through unveil's engine, scale overridden; the monitor's rows are the curve."""
-    run_dir = out / f"{method}-unveil-run"
+    run_dir = Path(args.runs) / f"{method}-unveil-run"  # checkpoints: outside the results folder
     if run_dir.exists():
         shutil.rmtree(run_dir)
     overrides = [f"out={run_dir}", "data.name=cifar10", f"data.subset={args.subset}",
@@ -346,6 +346,7 @@ def main() -> None:
     p.add_argument("--lightly-precision", choices=("fp32", "bf16"), default="fp32",
                    help="lightly's documented loop is fp32; bf16 autocast only to compare like with like")
     p.add_argument("--out", default="benchmarks/results/learning-parity")
+    p.add_argument("--runs", default="runs/learning-parity", help="unveil's run directories (checkpoints)")
     p.add_argument("--fresh", action="store_true", help="redo finished contenders")
     p.add_argument("unveil_overrides", nargs="*", help="extra unveil overrides (e.g. train.precision=fp32)")
     args = p.parse_args()
