@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from unveil.backbones import build_backbone
 from unveil.cli import main
@@ -92,13 +93,21 @@ def tiny_folder_module(tmp_path_factory) -> Path:
 def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet(runs):
     vit = protocols.current_settings("finetune", runs["vit"], batch_size=128, epochs=20)
     assert vit["preset"] == "vit" and vit["optimizer"] == "adamw" and vit["betas"] == [0.9, 0.999]
-    assert vit["lr"] == pytest.approx(5e-4 * 128 / 256) and vit["weight_decay"] == 0.05
+    # 5e-4 per 256 images of the global batch: the engine scales it (scale_lr), by all processes' batch
+    assert vit["lr"] == 5e-4 and vit["scale_lr"] is True and vit["weight_decay"] == 0.05
+    # MAE's values (main_finetune.py, FINETUNE.md): layer decay 0.65 for 12 blocks or fewer (ViT-B)
     assert (vit["layer_decay"], vit["drop_path"], vit["mixup"], vit["cutmix"], vit["label_smoothing"]) == (
-        0.75, 0.1, 0.8, 1.0, 0.1)
+        0.65, 0.1, 0.8, 1.0, 0.1)
+    assert (vit["rand_augment"], vit["random_erasing"], vit["global_pool"], vit["min_lr"]) == (
+        "rand-m9-mstd0.5-inc1", 0.25, True, 1e-6)
     assert vit["warmup_epochs"] == 2.0  # 10 % of 20 epochs (5 from 50 epochs on)
     assert protocols.current_settings("finetune", runs["vit"], epochs=100)["warmup_epochs"] == 5.0
-    mine = protocols.current_settings("finetune", runs["vit"], lr=0.1, layer_decay=0.65, mixup=0.0)
-    assert (mine["lr"], mine["layer_decay"], mine["mixup"], mine["cutmix"]) == (0.1, 0.65, 0.0, 1.0)
+    mine = protocols.current_settings("finetune", runs["vit"], lr=0.1, layer_decay=0.75, mixup=0.0,
+                                      rand_augment="none", random_erasing=0, global_pool=False)
+    assert (mine["lr"], mine["layer_decay"], mine["mixup"], mine["cutmix"]) == (0.1, 0.75, 0.0, 1.0)
+    assert "scale_lr" not in mine  # a given lr is absolute
+    assert (mine["rand_augment"], mine["random_erasing"], mine["global_pool"]) == (None, 0.0, False)
+    assert protocols.vit_layer_decay({"backbone": {"depth": 24}}) == 0.75  # MAE's ViT-L value
 
     resnet = protocols.current_settings("finetune", runs["resnet"])
     old = {"protocol": "finetune", "epochs": 20, "lr": 0.01, "batch_size": 256, "optimizer": "sgd",
@@ -108,7 +117,8 @@ def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet
     assert as_vit["preset"] == "convnet" and as_vit["label_smoothing"] == 0.1 and as_vit["lr"] == 0.01
     with pytest.raises(Exception, match="protocol must be one of"):
         protocols.current_settings("finetune", runs["resnet"], protocol="beit")
-    for option in ({"layer_decay": 0.75}, {"drop_path": 0.1}, {"protocol": "vit"}):  # one line, before training
+    for option in ({"layer_decay": 0.75}, {"drop_path": 0.1}, {"protocol": "vit"},
+                   {"global_pool": True}):  # one line, before training
         with pytest.raises(UserError, match="needs a ViT backbone"):
             protocols.evaluate_finetune(runs["resnet"], **option)
     assert not (runs["resnet"] / "finetune").exists()
@@ -139,9 +149,12 @@ def test_a_vit_fine_tune_trains_with_the_layer_decay_groups_and_saves_what_curre
     assert len(built) == 2  # the run's encoder and the untrained one
     lr, groups = built[0]
     assert lr == pytest.approx(base_lr)
-    # depth 2, layer decay 0.75: block 0 is layer 1 of 3 -> lr · 0.75 ** 2; the head (layer 3) lr
-    assert groups["layer1_decay"] == pytest.approx(base_lr * 0.75 ** 2) and groups["layer3_decay"] == pytest.approx(base_lr)
-    assert result["preset"] == "vit" and result["layer_decay"] == 0.75 and len(result["history"]) == 1
+    # depth 2, layer decay 0.65: block 0 is layer 1 of 3 -> lr · 0.65 ** 2; the head (layer 3) lr
+    assert groups["layer1_decay"] == pytest.approx(base_lr * 0.65 ** 2) and groups["layer3_decay"] == pytest.approx(base_lr)
+    assert result["preset"] == "vit" and result["layer_decay"] == 0.65 and len(result["history"]) == 1
+    cfg = yaml.safe_load((runs["vit"] / "finetune" / "config.yaml").read_text())
+    assert cfg["train"]["min_lr"] == 1e-6 and cfg["backbone"]["global_pool"] == "avg"
+    assert (cfg["method"]["rand_augment"], cfg["method"]["random_erasing"]) == ("rand-m9-mstd0.5-inc1", 0.25)
     assert result["settings"] == protocols.current_settings("finetune", runs["vit"], **settings)
     assert "best_top1" in result["untrained"]
     assert (runs["vit"] / "finetune_untrained" / "untrained_backbone.safetensors").is_file()
@@ -203,3 +216,177 @@ def test_an_interrupted_vit_fine_tune_with_mixing_resumes_exactly(runs, tmp_path
     a = load_checkpoint(run / "finetune" / "last.ckpt")["model"]
     b = load_checkpoint(reference / "finetune" / "last.ckpt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_vit_fine_tune_lr_scales_with_the_global_batch(runs, monkeypatch, tmp_path):
+    """MAE's lr is 5e-4 per 256 images of the *global* batch: N processes of batch B train at
+    5e-4 x N·B/256. The protocol used to fix lr = 5e-4 x B/256 with scale_lr off, so N processes got an
+    lr N times too small. Resolved here by the engine's own rule on a simulated 2-process run."""
+    from unveil.build import build_method_for, load_dataset_for
+
+    monkeypatch.setenv("UNVEIL_CACHE", str(runs["cache"]))
+    seen = []
+
+    def capture(cfg, resume=None):
+        seen.append(cfg)
+        raise _Stop
+
+    monkeypatch.setattr(engine, "train", capture)
+    with pytest.raises(_Stop):
+        protocols.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, baseline=False)
+    cfg = seen[0]
+    dataset = load_dataset_for(cfg)
+
+    def engine_lr(world: int) -> float:
+        run = engine._Run(cfg=cfg, device=torch.device("cpu"), precision="fp32", rank=0, world=world,
+                          run_dir=tmp_path, ckpt_state=None, dataset=dataset, batch_size=8)
+        run.method = build_method_for(cfg, dataset)
+        engine._build_optimizer(run)
+        return run.base_lr
+
+    assert engine_lr(1) == pytest.approx(5e-4 * 8 / 256)
+    assert engine_lr(2) == pytest.approx(5e-4 * 16 / 256)  # 2 processes x 8 images
+    with pytest.raises(_Stop):  # an lr given by hand is absolute: not scaled
+        protocols.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, lr=1e-3, baseline=False)
+    assert (seen[1]["train"]["lr"], seen[1]["train"]["scale_lr"]) == (1e-3, False)
+
+
+def test_global_pool_is_maes_mean_of_patch_tokens_through_a_fresh_fc_norm(tmp_path):
+    import timm
+
+    token = build_backbone("vit_tiny", img_size=32, patch_size=8, depth=2)
+    with torch.no_grad():
+        token.norm.weight.mul_(3.0)  # a trained last norm: must not reach the avg-pool model
+    avg = build_backbone("vit_tiny", img_size=32, patch_size=8, depth=2, global_pool="avg")
+    assert isinstance(avg.norm, torch.nn.Identity)
+    avg.load_state_dict(token.state_dict(), strict=True)  # MAE main_finetune: norm dropped, fc_norm fresh
+    assert torch.equal(avg.fc_norm.weight, torch.ones(192)) and torch.equal(avg.fc_norm.bias, torch.zeros(192))
+    x = torch.randn(3, 3, 32, 32)
+    avg.eval()
+    with torch.no_grad():
+        blocks = avg.blocks(torch.cat([avg.cls_token + avg.pos_embed[:, :1].expand(3, -1, -1),
+                                       avg.patch_embed(x) + avg.pos_embed[:, 1:]], 1))
+        want = torch.nn.functional.layer_norm(blocks[:, 1:].mean(1), (192,), eps=1e-6)
+        assert torch.allclose(avg(x), want, atol=1e-5)
+        reference = timm.create_model(**avg.timm_kwargs()).eval()
+        reference.load_state_dict(avg.state_dict(), strict=True)  # still timm's layout
+        assert torch.allclose(reference(x), avg(x), atol=1e-6)
+    with pytest.raises(UserError, match="global_pool"):  # pretraining keeps the encoder's last norm
+        build_method("mae", backbone=avg, data_info=INFO)
+
+
+def test_rand_augment_colour_ops_equal_timms_and_geometric_ops_follow_them(cifar10_dir, monkeypatch):
+    """Each op of timm's rand-m9-mstd0.5-inc1 at magnitude 9, ours on the batch vs timm's PIL op on
+    each image: the colour ops are timm's to the level (AutoContrast within one level), the geometric
+    ones differ only by the bicubic kernel (torch's a = -0.75, PIL's a = -0.5) at edges."""
+    import numpy as np
+    import timm.data.auto_augment as timm_aa
+    from PIL import Image
+
+    from unveil.data import load_data
+    from unveil.methods._finetune_aug import INCREASING_OPS, PLAIN_OPS, _level, apply_op
+
+    monkeypatch.setenv("UNVEIL_CIFAR10", str(cifar10_dir))
+    images = load_data("cifar10", image_size=32, subset=16, test_subset=8).train.images[:6]
+    fill = (124, 116, 104)
+    m = torch.full((6,), 9.0)
+    for name in dict.fromkeys(INCREASING_OPS + PLAIN_OPS):
+        for sign in ((1.0, -1.0) if name in timm_aa.LEVEL_TO_ARG and name not in (
+                "Posterize", "PosterizeIncreasing", "Solarize", "SolarizeIncreasing", "SolarizeAdd", "AutoContrast",
+                "Equalize", "Invert", "Color", "Contrast", "Brightness", "Sharpness") else (1.0,)):
+            arg = _level(name, m[:1], torch.tensor([sign]))
+            args = () if name in ("AutoContrast", "Equalize", "Invert") else (
+                int(arg) if name.startswith(("Posterize", "Solarize")) else float(arg),)
+            ref = np.stack([np.asarray(timm_aa.NAME_TO_OP[name](Image.fromarray(i.permute(1, 2, 0).numpy()), *args,
+                                                                 fillcolor=fill, resample=Image.BICUBIC))
+                            for i in images])
+            ours = apply_op(name, images.float(), m, torch.full((6,), sign), fill).permute(0, 2, 3, 1).numpy()
+            diff = np.abs(ref.astype(np.float64) - ours)
+            if name in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+                assert diff.mean() < 1.5 and (diff > 2).mean() < 0.12, (name, sign, diff.mean())
+            else:
+                assert diff.max() <= (1 if name == "AutoContrast" else 0), (name, diff.max())
+
+
+def test_rand_augment_draws_per_image_from_the_generator_as_timm():
+    """timm's RandAugment: 2 layers, each an op drawn uniformly with replacement from the 15, applied
+    with probability 0.5 at magnitude N(9, 0.5) clipped to [0, 10]."""
+    from unveil.methods import _finetune_aug as fa
+
+    x = torch.rand(3000, 3, 8, 8)
+    calls: list[tuple[str, int, torch.Tensor]] = []
+    real = fa.apply_op
+
+    def spy(name, imgs, magnitude, sign, fill):
+        calls.append((name, len(imgs), magnitude))
+        return real(name, imgs, magnitude, sign, fill)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fa, "apply_op", spy)
+        a = fa.rand_augment(x, torch.Generator().manual_seed(0), "rand-m9-mstd0.5-inc1")
+    b = fa.rand_augment(x, torch.Generator().manual_seed(0), "rand-m9-mstd0.5-inc1")
+    assert torch.equal(a, b) and not torch.equal(a, fa.rand_augment(x, torch.Generator().manual_seed(1)))
+    assert torch.equal((a * 255).round(), a * 255)  # the 8-bit grid, as timm's PIL images
+    applied = sum(n for _, n, _ in calls)
+    assert abs(applied / (2 * 3000) - 0.5) < 0.03  # p 0.5 per layer
+    per_op = {name: sum(n for o, n, _ in calls if o == name) for name in fa.INCREASING_OPS}
+    assert set(per_op) == set(fa.INCREASING_OPS) and min(per_op.values()) > applied / 15 * 0.7
+    mags = torch.cat([m for _, _, m in calls])
+    assert abs(mags.mean() - 9.0) < 0.05 and 0.4 < mags.std() < 0.55 and mags.max() <= 10.0
+    spec = fa.parse_rand_augment("rand-m9-mstd0.5-inc1")
+    assert (spec.magnitude, spec.num_layers, spec.magnitude_std, spec.prob, spec.increasing) == (9, 2, 0.5, 0.5, True)
+    with pytest.raises(UserError, match="rand_augment"):
+        fa.parse_rand_augment("rand-m9-x3")
+
+
+def test_random_erasing_is_timms_pixel_mode_per_image():
+    """timm's RandomErasing(0.25, mode='pixel', max_count=1): a quarter of the images get one rectangle
+    of 2-33 % of the area, aspect in [0.3, 3.3], filled with N(0, 1) noise per pixel; others untouched."""
+    from unveil.methods._finetune_aug import random_erasing
+
+    x = torch.full((4000, 3, 32, 32), 7.0)
+    out = random_erasing(x, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(out, random_erasing(x, 0.25, torch.Generator().manual_seed(0)))
+    erased = out != 7.0
+    hit = erased.flatten(1).any(1)
+    assert abs(hit.float().mean() - 0.25) < 0.03
+    area = erased[hit, 0].flatten(1).float().mean(1)
+    assert area.min() >= 0.015 and area.max() <= 0.36  # 2-33 %, up to rounding h and w to pixels
+    rows, cols = erased[hit, 0].any(2).sum(1).float(), erased[hit, 0].any(1).sum(1).float()
+    assert torch.equal(erased[hit, 0].flatten(1).sum(1).float(), rows * cols)  # one rectangle
+    assert ((rows / cols) >= 0.3 / 1.5).all() and ((rows / cols) <= 1.5 / 0.3).all()
+    noise = out[erased]
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02  # N(0, 1) per pixel and channel
+    assert torch.equal(random_erasing(x, 0.0, torch.Generator()), x)
+
+
+def test_supervised_with_maes_augmentation_normalises_after_rand_augment_and_erases_after():
+    from unveil.methods import _finetune_aug as fa
+
+    info = DataInfo(name="x", num_classes=10, image_size=16, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
+    backbone = build_backbone("vit_tiny", img_size=16, patch_size=8, depth=1)
+    method = build_method("supervised", backbone=backbone, data_info=info, rand_augment="rand-m9-mstd0.5-inc1",
+                          random_erasing=0.25)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    got = method._augmented(images, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same steps by hand, same generator
+    x = method.views(images, g)
+    assert x.min() >= 0 and x.max() <= 1  # the views leave normalisation to after RandAugment
+    x = fa.rand_augment(x, g, "rand-m9-mstd0.5-inc1", fill=info.mean)
+    x = (x - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
+    assert torch.allclose(got, fa.random_erasing(x, 0.25, g), atol=1e-6)
+    out = method(images, torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(UserError, match="random_erasing"):
+        build_method("supervised", backbone=backbone, data_info=info, random_erasing=2)
+
+
+def test_fine_tune_without_augmentation_records_no_rand_augment_or_erasing(runs):
+    plain = protocols.current_settings("finetune", runs["vit"], augment=False)
+    assert (plain["rand_augment"], plain["random_erasing"]) == (None, 0.0)  # the test view, nothing on top
+    with pytest.raises(UserError, match="need augment=true"):
+        protocols.current_settings("finetune", runs["vit"], augment=False, random_erasing=0.25)

@@ -10,6 +10,12 @@ Sizes: ``vit_tiny`` (192 wide, 3 heads), ``vit_small`` (384, 6), ``vit_base`` (7
 blocks deep. ``patch_size: auto`` is 4 px for images of 32 px or less (8x8 tokens), 8 px up to
 112 px and 16 px above (14x14 at 224 px). Position embeddings are MAE's fixed 2-D sin-cos
 (``pos_embed: sincos``, not trained) or timm's learned ones (``pos_embed: learn``).
+
+``global_pool: avg`` is MAE's fine-tuning head input (models_vit.py, its default): the mean of the
+patch tokens, then ``fc_norm`` (a LayerNorm), with the encoder's last norm removed -- timm's own
+``global_pool="avg"`` layout, so it still loads into timm strictly. Weights of a class-token encoder
+(a pretraining run) load into it as MAE's main_finetune.py loads them: the last norm's weights are
+dropped and ``fc_norm`` keeps its fresh initialisation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from . import register_backbone
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # width, heads (depth 12, MLP 4x)
 TIMM_NAMES = {"tiny": "vit_tiny_patch16_224", "small": "vit_small_patch16_224", "base": "vit_base_patch16_224"}
 POS_EMBEDS = ("sincos", "learn")
+POOLS = ("token", "avg")
 
 
 def auto_patch_size(img_size: int) -> int:
@@ -66,9 +73,12 @@ class ViTBackbone(VisionTransformer):
     """timm ViT returning the class token (``forward``) or all tokens of the visible patches."""
 
     def __init__(self, size: str = "tiny", img_size: int = 224, patch_size: int | str = "auto",
-                 depth: int = 12, drop_path_rate: float = 0.0, pos_embed: str = "sincos"):
+                 depth: int = 12, drop_path_rate: float = 0.0, pos_embed: str = "sincos",
+                 global_pool: str = "token"):
         if size not in SIZES:
             raise UserError(f"backbone size must be one of {', '.join(SIZES)}, got {size!r}")
+        if global_pool not in POOLS:
+            raise UserError(f"backbone.global_pool must be one of {', '.join(POOLS)}, got {global_pool!r}")
         if pos_embed not in POS_EMBEDS:
             raise UserError(f"backbone.pos_embed must be one of {', '.join(POS_EMBEDS)}, got {pos_embed!r}")
         img_size = int(img_size)
@@ -81,8 +91,10 @@ class ViTBackbone(VisionTransformer):
             raise UserError(f"backbone.depth must be a whole number of blocks >= 1, got {depth!r}")
         width, heads = SIZES[size]
         super().__init__(img_size=img_size, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,
-                         num_classes=0, global_pool="token", drop_path_rate=float(drop_path_rate))
+                         num_classes=0, global_pool=global_pool, drop_path_rate=float(drop_path_rate))
         self.size, self.patch, self.grid = size, patch, img_size // patch
+        if global_pool == "avg":  # timm: norm -> Identity, fc_norm = LayerNorm (MAE's fine-tune layout)
+            self.register_load_state_dict_pre_hook(_fresh_fc_norm)
         self.pos_embed_kind = pos_embed
         # MAE's init (timm's default is truncated normal); the patch projection as a linear layer
         self.apply(mae_init_)
@@ -112,7 +124,7 @@ class ViTBackbone(VisionTransformer):
     def forward(self, x: Tensor, return_map: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """The class token (B, D); with ``return_map`` also the patch tokens as a (B, D, h, w) map."""
         tokens = self.forward_tokens(x)
-        cls = tokens[:, 0]
+        cls = self.fc_norm(tokens[:, 1:].mean(1)) if self.global_pool == "avg" else tokens[:, 0]
         if not return_map:
             return cls
         b, n, d = tokens[:, 1:].shape
@@ -121,15 +133,26 @@ class ViTBackbone(VisionTransformer):
 
     def timm_kwargs(self) -> dict:
         """``timm.create_model`` arguments that rebuild this architecture (for strict loading)."""
-        return {"model_name": TIMM_NAMES[self.size], "img_size": self.patch_embed.img_size[0],
-                "patch_size": self.patch, "depth": len(self.blocks), "num_classes": 0}
+        kwargs = {"model_name": TIMM_NAMES[self.size], "img_size": self.patch_embed.img_size[0],
+                  "patch_size": self.patch, "depth": len(self.blocks), "num_classes": 0}
+        return {**kwargs, "global_pool": "avg"} if self.global_pool == "avg" else kwargs
+
+
+def _fresh_fc_norm(module: nn.Module, state: dict, prefix: str, *args: object) -> None:
+    """A class-token encoder's weights into an avg-pool one (MAE's fine-tune): the last norm's weights
+    are dropped (the layer is gone) and ``fc_norm`` keeps its fresh initialisation."""
+    if prefix + "fc_norm.weight" in state or prefix + "norm.weight" not in state:
+        return
+    for name in ("weight", "bias"):
+        state.pop(prefix + "norm." + name, None)
+        state[prefix + "fc_norm." + name] = getattr(module.fc_norm, name).detach().clone()
 
 
 def _make(size: str):
     def build(img_size: int = 224, patch_size: int | str = "auto", depth: int = 12, drop_path_rate: float = 0.0,
-              pos_embed: str = "sincos") -> ViTBackbone:
+              pos_embed: str = "sincos", global_pool: str = "token") -> ViTBackbone:
         return ViTBackbone(size, img_size=img_size, patch_size=patch_size, depth=depth,
-                           drop_path_rate=drop_path_rate, pos_embed=pos_embed)
+                           drop_path_rate=drop_path_rate, pos_embed=pos_embed, global_pool=global_pool)
 
     build.__name__ = f"build_vit_{size}"
     return build

@@ -11,6 +11,8 @@ import json
 
 from ..errors import UserError, require
 
+MAE_PROBE = ("--head-bn --optimizer lars --lr mae-budget --warmup-epochs 10 --init-std 0.01 --weight-decay 0 "
+             "--epochs 90 --no-standardize")
 EVAL_DATA_HELP = ("labelled data to evaluate on instead of the run's own (a folder of class folders, a registered "
                   "dataset name or a Parquet folder), decoded at the run's image size; needed for runs trained "
                   "on an unlabelled flat folder")
@@ -33,10 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin = kinds.add_parser("linear", help="linear probe on frozen, cached features",
                            description="Linear probe on frozen features. The RR protocol (the context-patch paper's): "
                            "--optimizer adam --lr 1e-3 --batch-size 128 --epochs 100 --no-standardize "
-                           "--schedule constant.")
+                           f"--schedule constant. MAE's linear probe: {MAE_PROBE}.")
     lin.add_argument("run")
     lin.add_argument("--epochs", type=int, default=100)
-    lin.add_argument("--lr", type=float, default=1e-3)
+    lin.add_argument("--lr", type=_lr, default=1e-3,
+                     help="absolute lr, or mae-budget (LARS: MAE's probe's lr summed over its steps, spread over "
+                     "this probe's steps: 6.4 x 7038 / steps)")
     lin.add_argument("--batch-size", type=int, default=256)
     lin.add_argument("--optimizer", choices=("adam", "sgd", "lars"), default="adam")
     lin.add_argument("--weight-decay", type=float, default=0.0)
@@ -45,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lin.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                      help="learning-rate schedule (RR protocol: constant)")
     lin.add_argument("--head-bn", action=argparse.BooleanOptionalAction, default=False,
-                     help="BatchNorm1d without affine parameters before the linear head (MAE's linear probe: "
-                     "--head-bn --optimizer lars --lr 0.1 --no-standardize)")
+                     help=f"BatchNorm1d without affine parameters before the linear head (MAE's linear probe: {MAE_PROBE})")
+    lin.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warm-up (MAE's probe: 10)")
+    lin.add_argument("--init-std", type=float, default=None,
+                     help="the head's weight from a truncated normal of this std, zero bias (MAE's probe: 0.01; "
+                     "default: PyTorch's initialisation)")
     lin.add_argument("--device", default="auto")
     lin.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     lin.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -55,10 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head",
                           description="Fine-tune the encoder + a linear head. --protocol auto picks vit for a ViT "
-                          "run (AdamW, lr 5e-4 x batch/256, wd 0.05, layer decay 0.75, drop path 0.1, mixup 0.8, "
-                          "CutMix 1.0, label smoothing 0.1, warm-up 5 epochs or 10 %% of them below 50) and "
-                          "convnet otherwise (SGD 0.01, wd 1e-4, nothing else); every option given overrides "
-                          "the protocol's value.")
+                          "run (MAE's fine-tune: AdamW, lr 5e-4 per 256 images of the global batch, wd 0.05, layer "
+                          "decay 0.65 (0.75 above 12 blocks), drop path 0.1, mixup 0.8, CutMix 1.0, label smoothing "
+                          "0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, global average pooling with "
+                          "fc_norm, min lr 1e-6, warm-up 5 epochs or 10 %% of them below 50) and convnet otherwise "
+                          "(SGD 0.01, wd 1e-4, nothing else); every option given overrides the protocol's value.")
     ft.add_argument("run")
     ft.add_argument("--epochs", type=int, default=20)
     ft.add_argument("--protocol", choices=("auto", "convnet", "vit"), default="auto",
@@ -73,11 +81,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--cutmix", type=float, default=None, help="CutMix alpha (0 = off)")
     ft.add_argument("--label-smoothing", type=float, default=None)
     ft.add_argument("--warmup-epochs", type=float, default=None)
+    ft.add_argument("--min-lr", type=float, default=None, help="the cosine schedule's floor (MAE: 1e-6)")
+    ft.add_argument("--rand-augment", default=None, metavar="SPEC",
+                    help="timm RandAugment string after crop + flip (MAE: rand-m9-mstd0.5-inc1; none = off)")
+    ft.add_argument("--random-erasing", type=float, default=None,
+                    help="probability of timm's random erasing, pixel mode (MAE: 0.25; 0 = off)")
+    ft.add_argument("--global-pool", action=argparse.BooleanOptionalAction, default=None,
+                    help="ViT: classify the mean of the patch tokens through a fresh fc_norm, the encoder's last norm "
+                    "dropped (MAE's default); --no-global-pool: the class token")
     ft.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also fine-tune the untrained encoder the run started from, same data and settings")
     ft.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                    help="random-resized crops + flips while fine-tuning (default); --no-augment trains on the "
-                    "test view, as the overlay paper's fine-tune")
+                    help="random-resized crops + flips (and the protocol's RandAugment / random erasing) while "
+                    "fine-tuning (default); --no-augment trains on the test view, as the overlay paper's fine-tune")
     ft.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ft.set_defaults(func=run_finetune)
@@ -118,6 +134,18 @@ def _positive(name: str, value: float) -> None:
     require(value > 0, f"--{name} must be > 0, got {value}")
 
 
+def _lr(text: str) -> float | str:
+    """A number, or the name of an lr rule (``mae-budget``)."""
+    from ..eval.linear import LR_RULES
+
+    if text in LR_RULES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or one of {', '.join(LR_RULES)}, got {text!r}") from None
+
+
 def run_knn(args: argparse.Namespace) -> int:
     from ..eval.protocols import evaluate_knn
 
@@ -129,14 +157,15 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from ..eval.protocols import evaluate_linear
+    from ..eval.protocols import check_settings, evaluate_linear
 
-    for name in ("epochs", "lr", "batch_size"):
+    for name in ("epochs", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    _print(evaluate_linear(args.run, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device,
-                           standardize=args.standardize, schedule=args.schedule, eval_data=args.eval_data,
-                           baseline=args.baseline, head_bn=args.head_bn), _headline(args.run))
+    options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "optimizer", "weight_decay", "standardize",
+                                              "schedule", "head_bn", "warmup_epochs", "init_std")}
+    check_settings("linear", options)
+    _print(evaluate_linear(args.run, device=args.device, eval_data=args.eval_data, baseline=args.baseline,
+                           **options), _headline(args.run))
     return 0
 
 
@@ -148,7 +177,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.lr is not None:
         _positive("lr", args.lr)
     options = {k: getattr(args, k) for k in ("lr", "optimizer", "weight_decay", "protocol", "layer_decay",
-                                              "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs")}
+                                              "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs",
+                                              "min_lr", "rand_augment", "random_erasing", "global_pool")}
     check_settings("finetune", options)
     _print(evaluate_finetune(args.run, epochs=args.epochs, batch_size=args.batch_size, overrides=args.overrides,
                              augment=args.augment, eval_data=args.eval_data, baseline=args.baseline, **options))

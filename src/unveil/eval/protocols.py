@@ -103,8 +103,8 @@ def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, A
     state, cfg = _summary(run)
     if kind == "finetune":
         args = finetune_settings(args, cfg)
-    elif kind == "linear" and not args.get("head_bn"):
-        args.pop("head_bn", None)  # records made before head_bn existed stay valid
+    elif kind == "linear":
+        args = linear_record(args)
     elif kind == "knn" and args.get("features") == "backbone":
         args.pop("features", None)  # records made before kNN on the head existed stay valid
     return _record(kind, args, state, cfg)
@@ -112,7 +112,7 @@ def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, A
 
 def check_settings(kind: str, settings: dict[str, Any]) -> None:
     """Bad values of a suite's evaluation settings fail before any training (binding checks the names)."""
-    from .linear import OPTIMIZERS, SCHEDULES
+    from .linear import LR_RULES, OPTIMIZERS, SCHEDULES
 
     for key in ("standardize", "augment"):
         if key in settings:
@@ -127,6 +127,16 @@ def check_settings(kind: str, settings: dict[str, Any]) -> None:
                 f"linear.optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.get('optimizer')!r}")
         require(isinstance(settings.get("head_bn", False), bool),
                 f"linear.head_bn must be true or false, got {settings.get('head_bn')!r}")
+        lr = settings.get("lr", 1e-3)
+        require(lr in LR_RULES or (not isinstance(lr, (bool, str)) and isinstance(lr, (int, float)) and lr > 0),
+                f"linear.lr must be a number > 0 or one of {', '.join(LR_RULES)}, got {lr!r}")
+        require(lr not in LR_RULES or settings.get("optimizer") == "lars",
+                f"linear.lr={lr} is a LARS rule (MAE's probe): set linear.optimizer=lars, or give lr a number")
+        warm, std = settings.get("warmup_epochs", 0.0), settings.get("init_std")
+        require(not isinstance(warm, bool) and isinstance(warm, (int, float)) and 0 <= warm <= settings.get("epochs", 100),
+                f"linear.warmup_epochs must be a number in [0, epochs], got {warm!r}")
+        require(std is None or (not isinstance(std, bool) and isinstance(std, (int, float)) and std > 0),
+                f"linear.init_std must be a number > 0 (or null: PyTorch's default), got {std!r}")
     if kind == "finetune":
         choices = ("sgd", "lars", "adamw", "adam")
         require(settings.get("optimizer") in (None, *choices),
@@ -134,14 +144,24 @@ def check_settings(kind: str, settings: dict[str, Any]) -> None:
         require(settings.get("protocol", "auto") in FINETUNE_PROTOCOLS,
                 f"finetune.protocol must be one of {', '.join(FINETUNE_PROTOCOLS)}, got {settings.get('protocol')!r}")
         for key in ("lr", "weight_decay", "layer_decay", "drop_path", "mixup", "cutmix", "label_smoothing",
-                    "warmup_epochs"):
+                    "warmup_epochs", "random_erasing", "min_lr"):
             value = settings.get(key)
             require(value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0),
                     f"finetune.{key} must be a number >= 0 (or null: the protocol's value), got {value!r}")
-        for key in ("layer_decay", "drop_path", "label_smoothing"):
+        for key in ("layer_decay", "drop_path", "label_smoothing", "random_erasing"):
             value = settings.get(key)
             require(value is None or value <= 1, f"finetune.{key} must be at most 1, got {value!r}")
         require(settings.get("layer_decay") != 0, "finetune.layer_decay must be > 0 (null: the protocol's value)")
+        require(settings.get("global_pool") in (None, True, False),
+                f"finetune.global_pool must be true, false or null (the protocol's), got {settings.get('global_pool')!r}")
+        augment = settings.get("rand_augment")
+        require(augment is None or isinstance(augment, str),
+                f"finetune.rand_augment must be a timm RandAugment string (e.g. rand-m9-mstd0.5-inc1), none, or null "
+                f"(the protocol's), got {augment!r}")
+        if augment not in (None, "none"):
+            from ..methods._finetune_aug import parse_rand_augment
+
+            parse_rand_augment(augment)
 
 
 def _unlabelled(run_dir: Path, what: str) -> str:
@@ -323,46 +343,64 @@ def evaluate_knn(run: str | Path, k: int = 200, temperature: float = 0.1, device
     return result
 
 
-def linear_protocol_name(epochs: int, lr: float, batch_size: int, optimizer: str, weight_decay: float,
-                         standardize: bool, schedule: str, head_bn: bool = False) -> str:
+def linear_protocol_name(epochs: int, lr: float | str, batch_size: int, optimizer: str, weight_decay: float,
+                         standardize: bool, schedule: str, head_bn: bool = False, warmup_epochs: float = 0.0,
+                         init_std: float | None = None) -> str:
     """'RR' when the settings are the RR linear evaluation (Patacchiola & Storkey), else a plain description."""
-    if (epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn) == (
-            100, 1e-3, 128, "adam", 0.0, False, "constant", False):
+    if (epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn, warmup_epochs, init_std) == (
+            100, 1e-3, 128, "adam", 0.0, False, "constant", False, 0.0, None):
         return "RR linear evaluation (raw features, Adam 1e-3 constant, batch 128, 100 epochs)"
     return (f"linear probe on {'standardised' if standardize else 'raw'} features"
-            f"{', BatchNorm (no affine) before the head' if head_bn else ''}, {optimizer} {lr:g} "
+            f"{', BatchNorm (no affine) before the head' if head_bn else ''}"
+            f"{f', head init std {init_std:g}' if init_std is not None else ''}, {optimizer} "
+            f"{lr if isinstance(lr, str) else f'{lr:g}'}{f' ({warmup_epochs:g} warm-up epochs)' if warmup_epochs else ''} "
             f"{schedule}, batch {batch_size}, {epochs} epochs")
 
 
-def evaluate_linear(run: str | Path, epochs: int = 100, lr: float = 1e-3, batch_size: int = 256,
+def linear_record(args: dict[str, Any]) -> dict[str, Any]:
+    """The linear settings as recorded: ``head_bn``, ``warmup_epochs`` and ``init_std`` only when on, so
+    records made before they existed stay valid."""
+    args = dict(args)
+    for key, off in (("head_bn", False), ("warmup_epochs", 0.0), ("init_std", None)):
+        if key in args and (args[key] is None if off is None else not args[key]):
+            args.pop(key)
+    return args
+
+
+def evaluate_linear(run: str | Path, epochs: int = 100, lr: float | str = 1e-3, batch_size: int = 256,
                     optimizer: str = "adam", weight_decay: float = 0.0, device: str = "auto", *,
                     standardize: bool = True, schedule: str = "cosine",
-                    eval_data: str | None = None, baseline: bool = False, head_bn: bool = False) -> dict[str, Any]:
+                    eval_data: str | None = None, baseline: bool = False, head_bn: bool = False,
+                    warmup_epochs: float = 0.0, init_std: float | None = None) -> dict[str, Any]:
     """A linear layer on frozen features. ``standardize=False, schedule="constant"`` with Adam 1e-3,
     batch 128 and 100 epochs is the RR protocol; the defaults standardise and decay the lr (cosine).
-    MAE's linear probe: ``head_bn=True, optimizer="lars", lr=0.1 * batch_size / 256, weight_decay=0``
-    (``standardize=False``: the BatchNorm does it)."""
+    MAE's linear probe (main_linprobe.py): ``head_bn=True, optimizer="lars", lr="mae-budget",
+    warmup_epochs=10, init_std=0.01, weight_decay=0, epochs=90, standardize=False`` (the BatchNorm
+    standardises); ``"mae-budget"`` gives LARS MAE's summed lr over however many steps the probe has
+    (``unveil.eval.linear.mae_budget_lr``): MAE's own rule, 0.1 x batch/256, barely moves the head at
+    our dataset sizes."""
     run_dir, _, state, cfg = _state(run)
-    args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-            "weight_decay": weight_decay, "standardize": standardize, "schedule": schedule, "eval_data": eval_data}
-    if head_bn:  # recorded only when on: records made before head_bn existed stay valid
-        args["head_bn"] = True
+    args = linear_record({"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+                          "weight_decay": weight_decay, "standardize": standardize, "schedule": schedule,
+                          "eval_data": eval_data, "head_bn": head_bn, "warmup_epochs": warmup_epochs,
+                          "init_std": init_std})
     settings = _record("linear", args, state, cfg)
     feats, cfg, dataset = _features(run_dir, state, cfg, device, eval_data, "the linear probe")
+    probe = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+             "weight_decay": weight_decay, "standardize": standardize, "schedule": schedule, "head_bn": head_bn,
+             "warmup_epochs": warmup_epochs, "init_std": init_std}
     res = linear_probe(feats["train_x"], feats["train_y"], feats["test_x"], feats["test_y"], dataset.num_classes,
-                       epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
-                       standardize=standardize, schedule=schedule, head_bn=head_bn)
-    name = linear_protocol_name(epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn)
+                       **probe)
+    name = linear_protocol_name(epochs, lr, batch_size, optimizer, weight_decay, standardize, schedule, head_bn,
+                                warmup_epochs, init_std)
     result = {"protocol": "linear", "protocol_name": name, "dataset": dataset.name, "optimizer": optimizer, "lr": lr,
               "batch_size": batch_size, "weight_decay": weight_decay, "standardize": standardize,
-              "schedule": schedule, "head_bn": head_bn, "feature_dim": int(feats["train_x"].shape[1]), **res,
-              "note": TEST_SELECTION_NOTE, "settings": settings}
+              "schedule": schedule, "head_bn": head_bn, "warmup_epochs": warmup_epochs, "init_std": init_std,
+              "feature_dim": int(feats["train_x"].shape[1]), **res, "note": TEST_SELECTION_NOTE, "settings": settings}
     if baseline:  # the same probe on the untrained encoder's features
         base, _, _ = _features(run_dir, state, cfg, device, eval_data, "the linear probe", untrained=True)
         res0 = linear_probe(base["train_x"], base["train_y"], base["test_x"], base["test_y"], dataset.num_classes,
-                            epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                            weight_decay=weight_decay, standardize=standardize, schedule=schedule,
-                            head_bn=head_bn)
+                            **probe)
         result["untrained"] = {k: v for k, v in res0.items() if k != "history"}
     result["saved"] = str(_save(run_dir, "linear", result))
     return result
@@ -380,18 +418,29 @@ FINETUNE_PROTOCOLS = ("auto", "convnet", "vit")
 FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     # what `evaluate_finetune` always did (SGD 0.01, wd 1e-4, nothing else): the ResNet suites' protocol
     "convnet": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "layer_decay": None, "drop_path": 0.0,
-                "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0},
-    # MAE's fine-tune (methods.md 4.3): AdamW (0.9, 0.999), lr 5e-4 x batch/256, wd 0.05, drop path 0.1,
-    # mixup 0.8, CutMix 1.0, smoothing 0.1, 5 warm-up epochs (10 % of the epochs below 50). Layer decay
-    # 0.75: MAE uses 0.65 for the 12-block ViT-B (100 epochs) and 0.75 for ViT-L; 0.75 is the value
-    # commonly used for the shallower-in-effect ViT-Tiny/Small (pass layer_decay=0.65 for ViT-B).
-    "vit": {"optimizer": "adamw", "lr": None, "weight_decay": 0.05, "layer_decay": 0.75, "drop_path": 0.1,
-            "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1, "warmup_epochs": None},
+                "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0, "rand_augment": None,
+                "random_erasing": 0.0, "global_pool": False, "min_lr": 0.0},
+    # MAE's fine-tune (facebookresearch/mae main_finetune.py, FINETUNE.md; methods.md 4.3): AdamW (0.9,
+    # 0.999), lr 5e-4 per 256 images of the GLOBAL batch (the engine's scale_lr), wd 0.05, drop path
+    # 0.1, mixup 0.8, CutMix 1.0, smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25
+    # (pixel mode), global average pooling with fc_norm, min lr 1e-6, 5 warm-up epochs (10 % of the
+    # epochs below 50). Layer decay: MAE's 0.65 for its 12-block ViT-B and 0.75 for ViT-L/H (24/32
+    # blocks); it compounds per block (block i gets r ** (depth - i)), so it goes with the depth:
+    # ViT-Tiny/Small have ViT-B's 12 blocks and get 0.65 (``vit_layer_decay``), deeper ones 0.75.
+    "vit": {"optimizer": "adamw", "lr": None, "weight_decay": 0.05, "layer_decay": None, "drop_path": 0.1,
+            "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1, "warmup_epochs": None,
+            "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "global_pool": True, "min_lr": 1e-6},
 }
-VIT_BASE_LR = 5e-4  # per 256 images (MAE's rule: lr = base x batch / 256)
+VIT_BASE_LR = 5e-4  # per 256 images of the global batch (MAE's rule: lr = base x global batch / 256)
 VIT_BETAS = [0.9, 0.999]
 _OFF = {"layer_decay": None, "drop_path": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
-        "warmup_epochs": 0.0}
+        "warmup_epochs": 0.0, "rand_augment": None, "random_erasing": 0.0, "global_pool": False, "min_lr": 0.0}
+
+
+def vit_layer_decay(cfg: dict[str, Any]) -> float:
+    """MAE's layer decay for the run's ViT depth: 0.65 up to 12 blocks (ViT-B), 0.75 deeper (ViT-L/H)."""
+    depth = (cfg.get("backbone") or {}).get("depth", 12)
+    return 0.65 if not isinstance(depth, int) or depth <= 12 else 0.75
 
 
 def is_vit_config(cfg: dict[str, Any]) -> bool:
@@ -413,19 +462,31 @@ def finetune_settings(args: dict[str, Any], cfg: dict[str, Any]) -> dict[str, An
             f"finetune protocol must be one of {', '.join(FINETUNE_PROTOCOLS)}, got {chosen!r}")
     preset = ("vit" if is_vit_config(cfg) else "convnet") if chosen == "auto" else chosen
     values = dict(FINETUNE_PRESETS[preset])
-    epochs, batch = int(args.get("epochs", 20)), int(args.get("batch_size", 256))
+    epochs = int(args.get("epochs", 20))  # the lr needs no batch: per 256 of the global batch (scale_lr)
+    scale_lr = preset == "vit" and args.get("lr") is None
     if preset == "vit":
-        values["lr"] = VIT_BASE_LR * batch / 256
+        values["lr"] = VIT_BASE_LR
         values["warmup_epochs"] = 5.0 if epochs >= 50 else 0.1 * epochs
+        values["layer_decay"] = vit_layer_decay(cfg)
     for key in list(values):
         if args.get(key) is not None:
             values[key] = args[key]
-    for key in ("lr", "weight_decay", "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs"):
+    for key in ("lr", "weight_decay", "drop_path", "mixup", "cutmix", "label_smoothing", "warmup_epochs",
+                "random_erasing", "min_lr"):
         values[key] = float(values[key])
     if values["layer_decay"] is not None:
         values["layer_decay"] = float(values["layer_decay"])
+    values["global_pool"] = bool(values["global_pool"])
+    if values["rand_augment"] == "none":
+        values["rand_augment"] = None
+    if args.get("augment") is False:  # the test view only: no RandAugment or erasing on top of it
+        require(not args.get("random_erasing") and args.get("rand_augment") in (None, "none"),
+                "finetune rand_augment / random_erasing augment the training view: they need augment=true")
+        values["rand_augment"], values["random_erasing"] = None, 0.0
     out = {k: v for k, v in args.items() if k not in values}
     out.update({k: values[k] for k in ("lr", "optimizer", "weight_decay")})
+    if scale_lr:  # recorded only when on: convnet records made before it existed stay valid
+        out["scale_lr"] = True
     if preset == "vit" or any(values[k] != off for k, off in _OFF.items()):
         out.update({"preset": preset, **{k: values[k] for k in _OFF}})
         if preset == "vit":
@@ -447,22 +508,27 @@ def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, o
                      "augment": bool(s["augment"])}
     if getattr(method, "eval_filter", None) is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
         cfg["method"]["input_filter"] = method.eval_filter
-    for key in ("layer_decay", "mixup", "cutmix", "label_smoothing"):  # only when on: old configs stay equal
+    for key in ("layer_decay", "mixup", "cutmix", "label_smoothing", "rand_augment",
+                "random_erasing"):  # only when on: old configs stay equal
         if s.get(key):
             cfg["method"][key] = s[key]
     cfg["backbone"] = dict(spec)
     if "drop_path" in s:  # one line before any training when a ViT option meets another backbone
         vit = callable(getattr(getattr(method, "backbone", None), "forward_tokens", None)) or is_vit_config(
             {"backbone": spec})
-        for key in ("drop_path", "layer_decay"):
-            require(vit or not s[key], f"{key.replace('_', ' ')} ({s[key]}) needs a ViT backbone; this run's is "
-                    f"{spec.get('name')!r}: leave {key} unset (or 0 / null)")
+        for key in ("drop_path", "layer_decay", "global_pool"):
+            require(vit or not s.get(key), f"{key.replace('_', ' ')} ({s.get(key)}) needs a ViT backbone; this run's "
+                    f"is {spec.get('name')!r}: leave {key} unset (or 0 / null / false)")
         if vit:
             cfg["backbone"]["drop_path_rate"] = s["drop_path"]
+            if s.get("global_pool"):  # MAE's fine-tune: mean of the patch tokens + a fresh fc_norm
+                cfg["backbone"]["global_pool"] = "avg"
+    # scale_lr: the lr is per 256 images of the global batch (all processes), as MAE's; min_lr only when set
     cfg["train"].update({"epochs": s["epochs"], "lr": s["lr"], "batch_size": s["batch_size"],
                          "optimizer": s["optimizer"], "weight_decay": s["weight_decay"], "monitor": "classify",
                          "monitor_every_epochs": 1, "init_backbone": str(init),
-                         "warmup_epochs": s.get("warmup_epochs", 0.0), "max_steps": None, "scale_lr": False,
+                         "warmup_epochs": s.get("warmup_epochs", 0.0), "max_steps": None,
+                         "scale_lr": bool(s.get("scale_lr", False)), "min_lr": s.get("min_lr", 0.0),
                          "freeze_backbone": False, "monitor_test_size": None})  # score on the whole test split
     if "betas" in s:
         cfg["train"]["betas"] = list(s["betas"])
@@ -526,13 +592,17 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
                       overrides: list[str] | None = None, *, augment: bool = True, eval_data: str | None = None,
                       protocol: str = "auto", layer_decay: float | None = None, drop_path: float | None = None,
                       mixup: float | None = None, cutmix: float | None = None, label_smoothing: float | None = None,
-                      warmup_epochs: float | None = None, baseline: bool = False) -> dict[str, Any]:
+                      warmup_epochs: float | None = None, baseline: bool = False, rand_augment: str | None = None,
+                      random_erasing: float | None = None, global_pool: bool | None = None,
+                      min_lr: float | None = None) -> dict[str, Any]:
     """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights.
 
     ``protocol`` picks the preset for every argument left None (``FINETUNE_PRESETS``): "auto" is
-    "vit" for a ViT run (AdamW, lr 5e-4 x batch/256, wd 0.05, layer decay 0.75, drop path 0.1, mixup
-    0.8, CutMix 1.0, label smoothing 0.1, warm-up 5 epochs or 10 % of them below 50), else "convnet"
-    (SGD 0.01, wd 1e-4, nothing else: the values this function always had). ``augment=False``
+    "vit" for a ViT run (MAE's: AdamW, lr 5e-4 per 256 images of the global batch, wd 0.05, layer
+    decay 0.65 for 12 blocks (0.75 deeper), drop path 0.1, mixup 0.8, CutMix 1.0, label smoothing 0.1,
+    RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, global average pooling with fc_norm, min
+    lr 1e-6, warm-up 5 epochs or 10 % of them below 50), else "convnet" (SGD 0.01, wd 1e-4, nothing
+    else: the values this function always had). A given ``lr`` is absolute (not scaled). ``augment=False``
     trains on the deterministic test view (the overlay paper: "no additional augmentation"); the
     default trains on random-resized crops + flips. The fine-tune lives in ``RUN/finetune``: an
     interrupted one with the same settings is continued from its checkpoint, a finished one is read
@@ -543,7 +613,9 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
     args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
             "weight_decay": weight_decay, "overrides": overrides, "augment": augment, "eval_data": eval_data,
             "protocol": protocol, "layer_decay": layer_decay, "drop_path": drop_path, "mixup": mixup,
-            "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs}
+            "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs,
+            "rand_augment": rand_augment, "random_erasing": random_erasing, "global_pool": global_pool,
+            "min_lr": min_lr}
     resolved = finetune_settings(args, base)
     settings = _record("finetune", resolved, state, base)
     preset = resolved.get("preset", "convnet")
@@ -555,7 +627,7 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
     cfg = _finetune_config(base, state, method, run_dir / "finetune", ckpt, resolved, overrides, eval_data)
     if eval_data is not None:  # one clear line before training if the data has no labels
         _labelled(run_dir, state, base, eval_data, "fine-tuning")
-    shown = {k: resolved[k] for k in ("optimizer", "lr", "weight_decay", *_OFF) if k in resolved}
+    shown = {k: resolved[k] for k in ("optimizer", "lr", "scale_lr", "weight_decay", *_OFF) if k in resolved}
     _log(f"fine-tune protocol: {preset}{' (auto)' if protocol == 'auto' else ''}: "
          + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     res = _run_finetune(run_dir / "finetune", cfg, settings, epochs)

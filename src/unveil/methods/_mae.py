@@ -93,6 +93,9 @@ def decoder_for(backbone: nn.Module, dim: int, depth: int, heads: int) -> MAEDec
     if not hasattr(backbone, "forward_tokens"):
         raise UserError(f"masked image modelling needs a ViT backbone (vit_tiny, vit_small, vit_base), got "
                         f"{type(backbone).__name__}: set backbone.name=vit_tiny")
+    if getattr(backbone, "global_pool", "token") != "token":  # avg drops the encoder's last norm (fine-tuning only)
+        raise UserError("masked image modelling pretrains the encoder with its last norm: leave backbone.global_pool "
+                        "at token (avg is the fine-tune's pooling, `unveil eval finetune --global-pool`)")
     return MAEDecoder(backbone.num_features, backbone.grid, backbone.patch, dim, depth, heads)
 
 

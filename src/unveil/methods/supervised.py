@@ -10,7 +10,10 @@ The ViT fine-tune recipe (MAE/BEiT) adds three options: ``layer_decay`` (layer-w
 ``param_groups``), ``mixup``/``cutmix`` (Beta alphas, 0 = off; timm's ``Mixup`` semantics with
 ``mix_prob`` and ``switch_prob``, drawn from the step's generator so a resumed run is exact) with
 soft-target cross-entropy, and ``label_smoothing`` (already there). Drop path is the backbone's
-``drop_path_rate``."""
+``drop_path_rate``. MAE's fine-tune augmentation after the crop and flip: ``rand_augment`` (a timm
+RandAugment string, MAE's ``rand-m9-mstd0.5-inc1``) on the 8-bit image, then normalisation, then
+``random_erasing`` (probability, MAE's 0.25; timm's pixel mode), per sample from the step's
+generator (``_finetune_aug``)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from ..corruptions.label_mix import check_mix_settings, mix_batch, soft_cross_en
 from ..errors import UserError, require
 from ..param_groups import default_param_groups, no_weight_decay_names
 from ..views import ViewPipeline, eval_transform, view_preset
+from ..views.ops import normalize
 from . import DataInfo, register
+from ._finetune_aug import parse_rand_augment, rand_augment, random_erasing
 from ._masking import check_input_filter
 from ._masking import input_filter as make_input_filter
 
@@ -38,7 +43,7 @@ class Supervised(nn.Module):
                  view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
                  augment: bool = True, input_filter: dict[str, Any] | None = None, layer_decay: float | None = None,
                  mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, switch_prob: float = 0.5,
-                 **unused: Any):
+                 rand_augment: str | None = None, random_erasing: float = 0.0, **unused: Any):
         super().__init__()
         if unused:
             raise TypeError(f"unknown supervised settings: {', '.join(unused)}")
@@ -60,14 +65,33 @@ class Supervised(nn.Module):
                 f"{type(backbone).__name__} has none")
         self.layer_decay = None if layer_decay is None else float(layer_decay)
         self.augment = bool(augment)
+        self.rand_augment = None if rand_augment in (None, "none") else str(rand_augment)
+        self._rand_augment = parse_rand_augment(self.rand_augment) if self.rand_augment else None
+        require(not isinstance(random_erasing, bool) and isinstance(random_erasing, (int, float))
+                and 0 <= random_erasing <= 1,
+                f"supervised.random_erasing is a probability in [0, 1], got {random_erasing!r}")
+        self.random_erasing = float(random_erasing)
         self.input_filter = check_input_filter(input_filter)
         self._filter = make_input_filter(self.input_filter)
         self.head = nn.Linear(backbone.num_features, data_info.num_classes)
+        # RandAugment works on [0, 1] pixels: the views then leave normalisation to ``_augmented``
         self.views = ViewPipeline(view_preset(view_preset_name, data_info.image_size, mean=tuple(data_info.mean),
-                                              std=tuple(data_info.std), normalize=normalize, **(views or {})))
+                                              std=tuple(data_info.std),
+                                              normalize=normalize and self._rand_augment is None, **(views or {})))
+
+    def _augmented(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The training view: crop + flip (the views), then MAE's RandAugment and random erasing if on."""
+        x = self.views(images, generator)
+        if self._rand_augment is not None:
+            x = rand_augment(x, generator, self._rand_augment, fill=tuple(self.data_info.mean))
+            if self.normalize:
+                x = normalize(x, self.data_info.mean, self.data_info.std, inplace=True)
+        if self.random_erasing:
+            x = random_erasing(x, self.random_erasing, generator)
+        return self._filter(x)
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        inputs = self._filter(self.views(images, generator)) if self.augment else self._eval_input(images)
+        inputs = self._augmented(images, generator) if self.augment else self._eval_input(images)
         if self.mix["mixup"] or self.mix["cutmix"]:
             inputs, targets, lam = mix_batch(inputs, labels, self.data_info.num_classes, generator,
                                              label_smoothing=self.label_smoothing, **self.mix)
