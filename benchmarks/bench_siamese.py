@@ -11,12 +11,13 @@ drawn once by unveil's view pipeline from real CIFAR-10 images; only the step is
   method's view pipeline replaced by a stub that hands out the pre-made views. MoCo v2 =
   ``mocov2_cifar10`` with ``bn_splits=1 shuffle_bn=false`` (lightly's example has neither);
   BYOL = ``byol_cifar10`` with SGD (lightly's example optimizer) instead of LARS.
-* ``lightly moco``: lightly's MoCo example: ``MoCoProjectionHead(512, 2048, 128)`` (unveil's v2
-  head sizes), momentum copies with ``deactivate_requires_grad``, ``update_momentum(m=0.99)``,
+* ``lightly moco``: lightly's MoCo example: ``MoCoProjectionHead(512, 512, 128)`` (unveil's v2
+  head sizes since issue 17; the 2026-11-30 figures were taken with 2048-wide heads on both sides), momentum copies with ``deactivate_requires_grad``, ``update_momentum(m=0.99)``,
   ``NTXentLoss(temperature=0.2, memory_bank_size=(4096, 128))`` (its ``MemoryBankModule`` queue).
 * ``lightly byol``: lightly's BYOL example: ``BYOLProjectionHead(512, 4096, 256)``,
   ``BYOLPredictionHead(256, 4096, 256)``, momentum copies, ``NegativeCosineSimilarity``, the
-  symmetric loss from two passes of B (unveil runs one pass of 2B); ``update_momentum(m=0.99)``.
+  symmetric loss from two passes of B (so does unveil since issue 17; the 2026-11-30 figures were taken
+  when unveil ran one pass of 2B); ``update_momentum(m=0.99)``.
 
 Same torchvision ResNet-18 with the CIFAR stem (built by unveil for each contender), batch,
 precision and views; SGD lr 0.06, momentum 0.9, wd 5e-4 everywhere. unveil keeps its default
@@ -126,7 +127,7 @@ def make_lightly_moco(cfg: dict, dataset, precision: str, batch: int, views: lis
     from lightly.models.utils import update_momentum
 
     backbone = build_method_for(cfg, dataset).backbone
-    head = MoCoProjectionHead(512, 2048, 128)
+    head = MoCoProjectionHead(512, 512, 128)
     backbone_m, head_m = _frozen_copy(backbone), _frozen_copy(head)
     criterion = NTXentLoss(temperature=0.2, memory_bank_size=(4096, 128))
     params = list(backbone.parameters()) + list(head.parameters())
