@@ -290,3 +290,27 @@ def test_linear_records_the_mae_options_only_when_on_and_the_cli_takes_them(labe
     capsys.readouterr()
     assert main(["eval", "linear", str(labelled_run), "--lr", "mae-budget", "--no-baseline"]) != 0
     assert "LARS rule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,dim", [("simclr", 128), ("byol", 256)])
+def test_eval_knn_features_head_from_the_cli(tiny_folder, tmp_path, one_thread, method, dim):
+    """``unveil eval knn RUN --features head``: the projection head's output (paper 5's monitor) beside the
+    backbone's kNN, in its own file; SimCLR's 128-d projection, BYOL's 256-d projection (not the predictor)."""
+    import json
+
+    from unveil.build import build_method_for
+    from unveil.config import resolve
+
+    run = tmp_path / method
+    assert main(["pretrain", "--method", method, "--data", str(tiny_folder), "--out", str(run), "--epochs", "0",
+                 "train.progress=false", "train.monitor=none", "backbone.name=resnet18"]) == 0
+    assert main(["eval", "knn", str(run), "--k", "5", "--no-baseline"]) == 0
+    assert main(["eval", "knn", str(run), "--k", "5", "--features", "head", "--no-baseline"]) == 0
+    head = json.loads((run / "eval_knn_head.json").read_text())
+    backbone = json.loads((run / "eval_knn.json").read_text())
+    assert head["settings"]["features"] == "head" and "features" not in backbone["settings"]
+    m = build_method_for(resolve(None, [f"method.name={method}", "backbone.name=resnet18", f"data.name={tiny_folder}"]),
+                         dataset_info={"name": "tiny", "num_classes": 2, "image_size": 16})
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    m.eval()
+    assert m.embed_head(images).shape == (4, dim) and m.embed(images).shape == (4, 512)

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("run", help="run directory or .ckpt")
     knn.add_argument("--k", type=int, default=200)
     knn.add_argument("--t", type=float, default=0.1, help="temperature")
+    knn.add_argument("--features", choices=("backbone", "head"), default="backbone",
+                     help="backbone: pooled encoder features (eval_knn.json); head: the projection head's output, "
+                          "paper 5's monitor (eval_knn_head.json)")
     knn.add_argument("--device", default="auto")
     knn.add_argument("--eval-data", metavar="DATA", help=EVAL_DATA_HELP)
     knn.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -152,7 +155,7 @@ def run_knn(args: argparse.Namespace) -> int:
     _positive("k", args.k)
     _positive("t", args.t)
     _print(evaluate_knn(args.run, k=args.k, temperature=args.t, device=args.device, eval_data=args.eval_data,
-                        baseline=args.baseline), _headline(args.run))
+                        baseline=args.baseline, features=args.features), _headline(args.run))
     return 0
 
 

@@ -290,19 +290,14 @@ def recalibrate_batchnorm(method: torch.nn.Module, images: torch.Tensor, device:
 
 KNN_FEATURES = ("backbone", "head")
 # methods whose head is their projector on top of ``embed``'s backbone features (no ``embed_head`` of their own)
-_PROJECTOR_HEADS = ("simclr", "byol")
-
-
 def head_embedder(method: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The method's head embedding, for kNN with ``features: head`` (paper 5's monitor: the 128-d
-    output of MoCo's query head, methods.md 5.1): the method's own ``embed_head`` (MoCo, MixDet), or
-    for SimCLR and BYOL their projector applied to ``embed``'s backbone features (SimCLR's 128-d
-    projection, BYOL's 256-d projection, not its predictor); methods without a head fail in one line."""
+    output of MoCo's query head, methods.md 5.1): the method's ``embed_head`` (MoCo and MixDet: the
+    query head; SimCLR: its 128-d projection; BYOL: its 256-d projection, not the predictor); methods
+    without one fail in one line."""
     own = getattr(method, "embed_head", None)
     if callable(own):
         return own
-    if name in _PROJECTOR_HEADS and isinstance(getattr(method, "projector", None), torch.nn.Module):
-        return lambda images: method.projector(method.embed(images))
     raise UserError(f"kNN with features=head: method {name} has no projection head to embed with (moco, mixdet, "
                     "simclr and byol have one): use features=backbone")
 

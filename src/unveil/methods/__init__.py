@@ -32,6 +32,8 @@ The method contract (the only thing the engine knows about a method):
   no weight decay (``unveil.param_groups.default_param_groups`` builds these for a submodule).
 * ``embed(images) -> Tensor``: features for kNN / linear evaluation from a uint8 batch
   (the method applies its own deterministic evaluation transform).
+* optional ``embed_head(images) -> Tensor``: the projection head's output under the same transform
+  (``unveil eval knn --features head``: paper 5's kNN monitor reads MoCo's 128-d head).
 """
 
 from __future__ import annotations

@@ -112,3 +112,8 @@ class BYOL(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         info = self.data_info
         return self.backbone(self._eval_filter_fn(eval_transform(images, info.image_size, info.mean, info.std)))
+
+    @torch.no_grad()
+    def embed_head(self, images: Tensor) -> Tensor:
+        """The online projection (not the predictor) of ``embed``'s features: kNN ``features: head`` (paper 5's monitor reads a head)."""
+        return self.projector(self.embed(images))

@@ -62,3 +62,8 @@ class SimCLR(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         info = self.data_info
         return self.backbone(self._eval_filter_fn(eval_transform(images, info.image_size, info.mean, info.std)))
+
+    @torch.no_grad()
+    def embed_head(self, images: Tensor) -> Tensor:
+        """The 128-d projection of ``embed``'s features: kNN ``features: head`` (paper 5's monitor reads a head)."""
+        return self.projector(self.embed(images))
