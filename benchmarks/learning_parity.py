@@ -273,7 +273,7 @@ def run_lightly(method: str, args: argparse.Namespace, data: Any, out: Path) -> 
             optim.zero_grad()
         sched.step()
         train_s += time.perf_counter() - t0
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise RuntimeError(f"lightly {method}: loss {float(loss)} at epoch {epoch}")
         if epoch % args.knn_every == 0 or epoch == args.epochs:
             curve.append(knn(epoch, train_s))
