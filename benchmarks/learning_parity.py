@@ -274,7 +274,7 @@ def run_lightly(method: str, args: argparse.Namespace, data: Any, out: Path) -> 
         sched.step()
         train_s += time.perf_counter() - t0
         if not math.isfinite(float(loss.detach())):
-            raise RuntimeError(f"lightly {method}: loss {float(loss)} at epoch {epoch}")
+            raise RuntimeError(f"lightly {method}: loss {float(loss.detach())} at epoch {epoch}")
         if epoch % args.knn_every == 0 or epoch == args.epochs:
             curve.append(knn(epoch, train_s))
     return {"lr": lr, "precision": args.lightly_precision, "curve": curve, "wall_s": time.perf_counter() - start}
