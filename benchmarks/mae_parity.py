@@ -207,8 +207,8 @@ def run_lightly(args: argparse.Namespace, lr_per_256: float, norm_pix: bool) -> 
             optim.step()
             optim.zero_grad()
             sched.step()
-        if not math.isfinite(float(loss)):
-            raise RuntimeError(f"lightly MAE: loss {float(loss)}")
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"lightly MAE: loss {float(loss.detach())}")
     return {"untrained": untrained, "trained": lightly_heldout(model, images, noise, norm_pix),
             "wall_s": time.perf_counter() - start, "steps": total, "lr_per_256": lr_per_256,
             "target": "norm-pix" if norm_pix else "raw", "precision": "bf16" if args.lightly_bf16 else "fp32"}
