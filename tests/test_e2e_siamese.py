@@ -26,8 +26,8 @@ COMMON = ["data.subset=2000", "data.test_subset=1000", "train.batch_size=128", "
           "train.monitor_test_size=null", "train.progress=false", "train.seed=0"]
 
 CASES = {
-    # ResNet-20 (RR's small CIFAR tower), 8 epochs = 120 steps, fp32: 25.8 -> 28.8 (+3.0; at 4 epochs of
-    # an 8-epoch schedule 28.2, and a 4-epoch run gave only 27.1, +1.3, too close to noise to test)
+    # ResNet-20 (RR's small CIFAR tower), 8 epochs = 120 steps, fp32: 25.8 -> 29.4 (+3.6) with issue 17's
+    # symmetric Un-Mix (28.8 before it; a 4-epoch run gave only 27.1, +1.3, too close to noise to test)
     "moco_unmix_cifar10": (["backbone.name=rr_resnet20", "train.epochs=8", "train.monitor_every_epochs=8"], 1.5),
     # ResNet-18 standard stem, 5 epochs = 75 steps, fp32: 18.0 -> 25.4 (+7.4) with issue 17's recipe (paper 4's
     # path: focal windows of 5-30 % of the image; 27.3 before it); the high-pass lowers the untrained
