@@ -122,6 +122,7 @@ def _expected_size(rows: int, n: int, cell: int) -> tuple[int, int]:
     return probe.size
 
 
+@pytest.mark.slow
 def test_cli_draws_one_map_row_per_run_plus_untrained(tiny_run, tmp_path, capsys):
     from unveil.commands.activations import _untrained
     from unveil.train.checkpoint import load_run
@@ -139,6 +140,7 @@ def test_cli_draws_one_map_row_per_run_plus_untrained(tiny_run, tmp_path, capsys
     assert not torch.allclose(trained, untrained, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_data_option_and_bad_input(tiny_run, tiny_folder_module, tmp_path, capsys):
     out = tmp_path / "maps.png"
     assert cli.main(["activations", str(tiny_run), "--data", str(tiny_folder_module), "--n", "3",

@@ -345,6 +345,7 @@ def test_reconstruct_command_is_registered():
 # -- the whole CLI life of both autoencoders ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe,extra", [
     ("overlay_cifar10", []),
     ("context_patch_conv4_cifar100", ["method.grid=2"]),  # 16 px images: a 2 x 2 grid of 8 px patches

@@ -42,6 +42,8 @@ B = 4  # images per rank
 SIZE = 16
 INFO = DataInfo(name="tiny", num_classes=2, image_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
+pytestmark = pytest.mark.dist
+
 
 def _free_port() -> int:
     with socket.socket() as s:
