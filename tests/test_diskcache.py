@@ -403,7 +403,7 @@ def test_auto_storage_counts_ranks_and_errors_are_one_line(folder, tmp_path, mon
     assert "\n" not in str(exc.value)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(UserError, match=r"GiB are free: set data.cache_dir \(or UNVEIL_CACHE\) to a path") as exc:
+    with pytest.raises(UserError, match=r"B are free: set data.cache_dir \(or UNVEIL_CACHE\) to a path") as exc:
         load_data(str(folder), image_size=32, cache_dir=str(tmp_path / "d"), storage="disk")
     assert "\n" not in str(exc.value)
     with pytest.raises(UserError, match="data.storage must be one of auto, memory, disk, got 'tape'"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -34,6 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The command; a write that ran out of room anywhere (logs, caches, reports) becomes one line."""
+    from .io import is_out_of_space, no_space_message
+
+    try:
+        return args.func(args) or 0
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_out_of_space(exc):
+            raise
+        path = Path(getattr(exc, "filename", None) or Path.cwd() / "(a file)")
+        raise UserError(no_space_message(path, exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Under torchrun, an error on any rank ends every rank within seconds."""
     from . import dist
@@ -41,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        code = int(_run(args))
     except UserError as exc:
         where = f" (rank {dist.rank()})" if dist.is_dist() else ""
         print(f"unveil: error{where}: {exc}", file=sys.stderr, flush=True)

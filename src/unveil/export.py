@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import UserError, require
-from .io import atomic_write
+from .io import atomic_write, tensor_bytes
 
 
 def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any],
@@ -45,7 +45,7 @@ def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any],
         from .methods._masking import check_input_filter
 
         meta["eval_filter"] = json.dumps(check_input_filter(eval_filter))
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta), needed=tensor_bytes(state))
     return meta
 
 

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, tensor_bytes
 
 VERSION = 1  # bump when the decoding changes, so old entries are not reused
 
@@ -73,7 +73,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     """Write a cache entry atomically; False (after one note) when the folder is unusable."""
     try:
         metadata = {"unveil": json.dumps(meta)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), needed=tensor_bytes(tensors))
         return True
     except (OSError, UserError) as exc:
         print(

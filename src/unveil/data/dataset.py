@@ -14,6 +14,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from ..errors import UserError
+from ..io import human_bytes
 
 _CHUNK = 4096  # images per step in the bulk helpers: bounded extra memory, few Python iterations
 
@@ -177,9 +178,8 @@ def check_disk(num_images: int, size: int, root: Path, free: int | None, what: s
     """Refuse a disk-cache build that would run out of space (``free``: bytes free at ``root``)."""
     need = num_images * 3 * size * size
     if free is not None and need > free:
-        gib = 1024**3
         raise UserError(
-            f"data: {what} needs {need / gib:.1f} GiB of disk for the cache of {num_images} images at {size}x{size} "
-            f"in {root}, but only {free / gib:.1f} GiB are free: set data.cache_dir (or UNVEIL_CACHE) to a path "
+            f"data: {what} needs {human_bytes(need)} of disk for the cache of {num_images} images at {size}x{size} "
+            f"in {root}, but only {human_bytes(free)} are free: set data.cache_dir (or UNVEIL_CACHE) to a path "
             "with more space, a smaller data.image_size or data.subset"
         )

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError, require
-from ..io import atomic_write, atomic_write_text
+from ..io import NoSpaceError, atomic_write, atomic_write_text, tensor_bytes
 from ..train.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config, resolve_run
 from ..train.precision import pick_device, pick_precision
 from .features import extract
@@ -252,7 +252,10 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
         "test_x": extract(embed, dataset.test.images, dev, precision),
         "test_y": dataset.test.labels.clone(),
     }
-    atomic_write(cache, lambda tmp: save_file(feats, tmp, metadata={"key": key}))
+    try:
+        atomic_write(cache, lambda tmp: save_file(feats, tmp, metadata={"key": key}), needed=tensor_bytes(feats))
+    except NoSpaceError as exc:  # only a cache: the evaluation goes on, the user hears why the next one recomputes
+        print(f"unveil: features not cached ({exc})", file=sys.stderr)
     return feats, cfg, dataset
 
 

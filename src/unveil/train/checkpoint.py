@@ -10,14 +10,20 @@ import torch
 from ..build import backbone_config, build_method_for, load_dataset_for
 from ..config import load_yaml
 from ..errors import UserError, require
-from ..io import atomic_write
+from ..io import atomic_write, tensor_bytes
 
 CKPT_NAME = "last.ckpt"
 CONFIG_NAME = "config.yaml"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomic: a full disk leaves the previous checkpoint as it was and says so in one line."""
+    path = Path(path)
+    if path.is_file():
+        advice = f"; the previous {path.name} is intact: continue with `unveil pretrain --resume {path.parent}`"
+    else:
+        advice = "; nothing was saved yet: run again once there is room"
+    atomic_write(path, lambda tmp: torch.save(state, tmp), needed=tensor_bytes(state), advice=advice)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
