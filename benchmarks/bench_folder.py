@@ -110,8 +110,8 @@ def main() -> None:
 
     from unveil.config import resolve
     from unveil.data import load_data
-    from unveil.train.checkpoint import CONFIG_NAME
-    from unveil.train.logs import EPOCH_LOG, STEP_LOG, read_csv
+    from unveil.runs.checkpoint import CONFIG_NAME
+    from unveil.runs.logs import EPOCH_LOG, STEP_LOG, read_csv
 
     folder, flat = str(Path(args.folder).resolve()), str(Path(args.folder).resolve()) + "-flat"
     env = dict(os.environ)

@@ -53,7 +53,7 @@ from bench_siamese import _CycleViews  # noqa: E402
 from unveil.build import build_method_for  # noqa: E402
 from unveil.config import resolve  # noqa: E402
 from unveil.io import atomic_write_text  # noqa: E402
-from unveil.train.precision import autocast  # noqa: E402
+from unveil.precision import autocast  # noqa: E402
 
 COLUMNS = ["size", "stem", "batch", "contender", "images_per_s", "min", "max", "vs_lightly", "vs_floor", "note"]
 

@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from unveil.build import build_method_for
 from unveil.config import resolve
 from unveil.data import load_data
+from unveil.optim import lr_at
 from unveil.train.loader import TensorBatches
-from unveil.train.optim import lr_at
 
 PRECISIONS = ("fp32", "bf16")
 

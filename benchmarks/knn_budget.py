@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from unveil.config import resolve
-from unveil.eval.protocols import evaluate_knn
+from unveil.protocols.core import evaluate_knn
+from unveil.runs.logs import STEP_LOG, read_csv
 from unveil.train.engine import train
-from unveil.train.logs import STEP_LOG, read_csv
 
 
 def main() -> None:

@@ -57,8 +57,8 @@ from unveil.config import resolve  # noqa: E402
 from unveil.data import load_data  # noqa: E402
 from unveil.eval.knn import knn_accuracy  # noqa: E402
 from unveil.io import atomic_write_text  # noqa: E402
+from unveil.runs.logs import EPOCH_LOG, read_csv  # noqa: E402
 from unveil.train.engine import train  # noqa: E402
-from unveil.train.logs import EPOCH_LOG, read_csv  # noqa: E402
 
 RECIPES = {"simclr": "simclr_cifar10", "mocov2": "mocov2_cifar10", "byol": "byol_cifar10"}
 KNN_K, KNN_T = 200, 0.1

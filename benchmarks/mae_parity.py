@@ -48,7 +48,7 @@ from unveil.build import build_method_for  # noqa: E402
 from unveil.config import resolve  # noqa: E402
 from unveil.data import load_data  # noqa: E402
 from unveil.methods._mae import normalize_patches, patchify  # noqa: E402
-from unveil.train.checkpoint import load_checkpoint  # noqa: E402
+from unveil.runs.checkpoint import load_checkpoint  # noqa: E402
 from unveil.train.engine import train  # noqa: E402
 from unveil.views import eval_transform  # noqa: E402
 

@@ -27,9 +27,9 @@ from unveil.build import build_method_for
 from unveil.config import resolve
 from unveil.data import load_data
 from unveil.methods._mae import masked_patch_loss, patchify
+from unveil.runs.checkpoint import CKPT_NAME, load_checkpoint
+from unveil.runs.logs import STEP_LOG, read_csv
 from unveil.train import engine
-from unveil.train.checkpoint import CKPT_NAME, load_checkpoint
-from unveil.train.logs import STEP_LOG, read_csv
 
 # name: (lr per 256, decoder dim, depth, heads)
 CONFIGS = {

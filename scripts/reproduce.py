@@ -43,7 +43,7 @@ except ImportError:  # a checkout without `pip install -e .` (the GPU machine): 
     sys.path.insert(0, str(REPO / "src"))
 
 from unveil.io import atomic_write_text  # noqa: E402
-from unveil.train.logs import EPOCH_LOG, read_csv  # noqa: E402
+from unveil.runs.logs import EPOCH_LOG, read_csv  # noqa: E402
 
 RECIPES = {"simclr": "simclr_cifar10", "mocov2": "mocov2_cifar10", "byol": "byol_cifar10"}
 # Published CIFAR-10 kNN numbers (ResNet-18) to read ours against: (method, source, setting, kNN %, minutes, GPU).
@@ -117,7 +117,7 @@ def _run(method: str, args: argparse.Namespace, limit: float, points: list[dict[
 def _knn10(run_dir: str, device: str) -> float | None:
     """The finished encoder scored with k=10 (weighted, T=0.1) beside the k=200 monitor: dkobak's anchor uses k=10."""
     try:
-        from unveil.eval.protocols import evaluate_knn
+        from unveil.protocols.core import evaluate_knn
 
         return float(evaluate_knn(run_dir, k=10, temperature=0.1, device=device)["top1"])
     except Exception as exc:  # noqa: BLE001 - a failed extra score must not lose the table

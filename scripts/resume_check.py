@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from unveil.config import resolve
+from unveil.runs.checkpoint import CKPT_NAME, load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import CKPT_NAME, load_checkpoint
 
 
 class _Crash(Exception):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from unveil.train.checkpoint import load_checkpoint
+from unveil.runs.checkpoint import load_checkpoint
 
 CLI = [sys.executable, "-m", "unveil.cli", "pretrain"]
 

@@ -220,8 +220,8 @@ def prepare(recipe: str, overrides: list[str], folder: Path, out: Path, batch: i
     """unveil's run from a shipped recipe, as ``unveil train`` builds it (data, method, optimizer),
     on CPU in fp32 with contiguous tensors (lightly's examples keep the default memory format)."""
     from unveil.config import resolve
+    from unveil.optim import lr_at
     from unveil.train import engine
-    from unveil.train.optim import lr_at
 
     cfg = resolve(recipe, [*overrides, f"data.name={folder}", "data.image_size=32", "data.test_fraction=0.25",
                            f"train.batch_size={batch}", "train.device=cpu", "train.precision=fp32",

@@ -125,7 +125,7 @@ def _expected_size(rows: int, n: int, cell: int) -> tuple[int, int]:
 @pytest.mark.slow
 def test_cli_draws_one_map_row_per_run_plus_untrained(tiny_run, tmp_path, capsys):
     from unveil.commands.activations import _untrained
-    from unveil.train.checkpoint import load_run
+    from unveil.runs.checkpoint import load_run
 
     out = tmp_path / "maps.png"
     code = cli.main(["activations", str(tiny_run), "--compare", str(tiny_run), "--untrained", "--n", "5",

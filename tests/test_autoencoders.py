@@ -356,7 +356,7 @@ def test_autoencoder_trains_evaluates_reconstructs_and_exports_from_the_cli(reci
 
     from unveil.cli import main
     from unveil.export import load_backbone
-    from unveil.train.checkpoint import load_run
+    from unveil.runs.checkpoint import load_run
 
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"

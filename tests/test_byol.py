@@ -14,7 +14,7 @@ from unveil.config import resolve
 from unveil.losses.byol import byol_loss
 from unveil.methods import DataInfo, build_method
 from unveil.methods._siamese import cosine_momentum
-from unveil.train.optim import build_optimizer
+from unveil.optim import build_optimizer
 
 INFO = DataInfo(name="tiny", num_classes=2, image_size=16)
 

@@ -18,7 +18,7 @@ from unveil.config import resolve
 from unveil.eval.features import extract
 from unveil.eval.knn import knn_accuracy
 from unveil.eval.pixels import pixel_features, pixel_knn
-from unveil.train.checkpoint import load_run
+from unveil.runs.checkpoint import load_run
 
 pytestmark = pytest.mark.slow
 

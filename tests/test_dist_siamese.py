@@ -234,7 +234,7 @@ def test_shuffle_batch_is_global_and_undone(two_ranks):
 def test_two_process_moco_cli_run_with_torchrun(tiny_folder, tmp_path):
     if not _moco_available():
         pytest.skip("method moco is not registered yet")
-    from unveil.train.checkpoint import load_checkpoint
+    from unveil.runs.checkpoint import load_checkpoint
 
     out = tmp_path / "ddp-moco"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from unveil.config import resolve
-from unveil.eval.protocols import evaluate_knn
 from unveil.losses.ntxent import nt_xent
+from unveil.protocols.core import evaluate_knn
+from unveil.runs.checkpoint import load_run
 from unveil.train import engine
-from unveil.train.checkpoint import load_run
 
 pytestmark = pytest.mark.slow
 

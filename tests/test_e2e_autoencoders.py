@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from unveil.config import resolve
+from unveil.runs.checkpoint import load_run
+from unveil.runs.logs import STEP_LOG, read_csv
 from unveil.train import engine
-from unveil.train.checkpoint import load_run
-from unveil.train.logs import STEP_LOG, read_csv
 
 pytestmark = pytest.mark.slow
 

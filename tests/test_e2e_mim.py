@@ -19,8 +19,8 @@ import torch
 from unveil.config import resolve
 from unveil.corruptions.patch_mask import random_token_masking
 from unveil.methods._mae import masked_patch_loss, patchify
+from unveil.runs.checkpoint import load_checkpoint, load_run
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint, load_run
 
 pytestmark = pytest.mark.slow
 

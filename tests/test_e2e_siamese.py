@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 
 from unveil.config import resolve
+from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.config import resolve
 from unveil.errors import UserError
+from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def test_missing_data_path_names_it(tmp_path, capsys):
 
 def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
     from unveil.export import torchvision_model
-    from unveil.train.checkpoint import load_run
+    from unveil.runs.checkpoint import load_run
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "run", epochs=1))
     assert main(["export", str(run), "-o", str(tmp_path / "bb.safetensors")]) == 0
@@ -109,7 +109,7 @@ def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
 
 
 def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder, tmp_path):
-    from unveil.eval.protocols import evaluate_knn
+    from unveil.protocols.core import evaluate_knn
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "random", epochs=0))
     state = load_checkpoint(run / "last.ckpt")
@@ -124,7 +124,7 @@ def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder
 
 
 def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
-    from unveil.eval.protocols import evaluate_finetune, evaluate_linear
+    from unveil.protocols.core import evaluate_finetune, evaluate_linear
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "run", epochs=1))
     lin = evaluate_linear(run, epochs=5, device="cpu")

@@ -11,10 +11,10 @@ from unveil import methods
 from unveil.build import backbone_config
 from unveil.config import resolve
 from unveil.errors import UserError
+from unveil.optim import LARS, build_optimizer, default_param_groups, param_groups, set_lr
+from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
 from unveil.train.monitor import monitor_sizes
-from unveil.train.optim import LARS, build_optimizer, default_param_groups, param_groups, set_lr
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +126,7 @@ def test_accumulation_must_divide_the_batch():
 
 
 def test_gradient_clipping_bounds_the_step_and_logs_the_norm(tiny_folder, tmp_path):
-    from unveil.train.logs import STEP_LOG, read_csv
+    from unveil.runs.logs import STEP_LOG, read_csv
 
     start = load_checkpoint(engine.train(_cfg(tiny_folder, tmp_path / "init", "train.epochs=0")) / "last.ckpt")["model"]
     opts = ["train.max_steps=1", "train.weight_decay=0", "train.lr=1.0", "train.scale_lr=false", "train.momentum=0"]
@@ -205,7 +205,7 @@ def test_auto_batch_fits_small_folders():
 
 
 def test_batchnorm_recalibration_estimates_the_data_statistics_and_leaves_weights():
-    from unveil.eval.protocols import recalibrate_batchnorm
+    from unveil.protocols.core import recalibrate_batchnorm
 
     class Probe(nn.Module):
         def __init__(self):

@@ -13,11 +13,11 @@ import torch
 
 from unveil.cli import main
 from unveil.errors import UserError
-from unveil.eval import protocols
 from unveil.eval.linear import linear_probe
-from unveil.eval.settings import stale_reason
+from unveil.protocols import core as protocols
+from unveil.protocols.settings import stale_reason
+from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)

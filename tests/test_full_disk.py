@@ -60,7 +60,7 @@ def test_every_writer_failing_for_room_is_one_line_and_keeps_the_old_file(tmp_pa
 # child lowers its file-size limit below the checkpoint's size.
 SECOND_CHECKPOINT_FAILS = """
 import resource, sys
-import unveil.train.checkpoint as ck
+import unveil.runs.checkpoint as ck
 from unveil.cli import main
 real, calls = ck.atomic_write, []
 def atomic_write(path, write, **kw):
@@ -89,7 +89,7 @@ def test_a_full_disk_at_the_second_checkpoint_is_one_line_and_the_run_resumes(ti
     assert f"the previous last.ckpt is intact: continue with `unveil pretrain --resume {run}`" in errors[0]
     assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
 
-    from unveil.train.checkpoint import load_checkpoint
+    from unveil.runs.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "last.ckpt")["step"] == 1  # the first checkpoint, whole
     assert main(["pretrain", "--resume", str(run)]) == 0  # room again: the run finishes from step 1

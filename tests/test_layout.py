@@ -34,6 +34,24 @@ NEVER = {
 }
 TOP = {"commands", "cli"}  # nothing but ``cli`` reaches ``commands``, nothing imports ``cli``
 
+# Every package sits in one layer and imports only from layers below it: no back-arrows, no cycles.
+# ``runs`` (checkpoints, configs, logs, weights on disk) is what lets eval, viz, export and train read a run
+# without importing each other; ``protocols`` sits above ``train`` because the fine-tune trains through it.
+LAYERS = [
+    {"errors", "tensors", "registry", "dist", "param_groups"},
+    {"io", "precision", "losses"},
+    {"config", "optim", "corruptions", "views", "backbones", "data"},
+    {"methods"},
+    {"build"},
+    {"runs"},
+    {"eval", "viz"},
+    {"train", "export"},
+    {"protocols"},
+    {"bench"},
+    {"commands"},
+    {"cli"},
+]
+
 
 def _package_files(package: str) -> list[Path]:
     path = SRC / package
@@ -92,6 +110,19 @@ def test_building_blocks_import_only_what_is_below_them(package):
 def test_no_import_points_back_up(package):
     bad = imported_packages(package) & (NEVER[package] | TOP)
     assert not bad, f"unveil.{package} imports unveil.{', unveil.'.join(sorted(bad))}"
+
+
+def test_every_package_has_a_layer():
+    placed = set().union(*LAYERS)
+    assert _packages() == placed, f"not in LAYERS: {sorted(_packages() - placed)}; gone: {sorted(placed - _packages())}"
+
+
+@pytest.mark.parametrize("layer", range(len(LAYERS)))
+def test_imports_point_only_down_the_layers(layer):
+    below = set().union(*LAYERS[:layer])
+    for package in sorted(LAYERS[layer]):
+        up = imported_packages(package) - below
+        assert not up, f"unveil.{package} imports unveil.{', unveil.'.join(sorted(up))}, which is not below it"
 
 
 def test_only_the_cli_reaches_the_commands():

@@ -240,7 +240,7 @@ def test_mvmae_without_contrastive_term_builds_no_projector_and_loss_is_reconstr
 
 @pytest.mark.parametrize("name", ["mae", "mvmae"])
 def test_weight_decay_groups(name: str) -> None:
-    from unveil.train.optim import param_groups
+    from unveil.optim import param_groups
 
     m = method(name, depth=2)
     groups = param_groups(m, 0.05)

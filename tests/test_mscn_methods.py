@@ -188,9 +188,9 @@ def test_export_and_finetune_carry_the_filter(tiny_folder, tmp_path, monkeypatch
     import argparse
 
     from unveil.commands import export as export_cmd
-    from unveil.eval.protocols import evaluate_finetune
+    from unveil.protocols.core import evaluate_finetune
+    from unveil.runs.checkpoint import load_run
     from unveil.train import engine
-    from unveil.train.checkpoint import load_run
 
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     over = [f"data.name={tiny_folder}", "data.image_size=16", f"out={tmp_path / 'run'}", "backbone.cifar_stem=false",

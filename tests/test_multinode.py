@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unveil.train.checkpoint import load_checkpoint
+from unveil.runs.checkpoint import load_checkpoint
 
 BUILD_LINE = "into the disk cache"  # the builder's one line per split it decodes
 

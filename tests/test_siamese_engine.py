@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from unveil.config import resolve
+from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)

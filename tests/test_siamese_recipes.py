@@ -15,7 +15,7 @@ from torch import nn
 from unveil.config import resolve
 from unveil.methods import DataInfo, build_method
 from unveil.methods._masking import masked_pair
-from unveil.train.optim import lr_at
+from unveil.optim import lr_at
 
 INFO = DataInfo(name="cifar10", num_classes=10, image_size=32)
 STEPS = ["1_naive", "2_highpass", "3_focal", "4_noise", "5_channel", "6_asym", "7_multimask"]

@@ -12,8 +12,8 @@ from unveil.config import DEFAULTS
 from unveil.eval.knn import knn_accuracy, knn_scores
 from unveil.eval.linear import linear_probe
 from unveil.losses.ntxent import nt_xent
+from unveil.optim import LARS, lr_at
 from unveil.train.loader import TensorBatches
-from unveil.train.optim import LARS, lr_at
 
 
 def _tcfg(**kw):

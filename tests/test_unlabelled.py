@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from unveil.cli import main
+from unveil.runs.checkpoint import load_checkpoint
+from unveil.runs.logs import EPOCH_LOG, read_csv
 from unveil.train import engine
-from unveil.train.checkpoint import load_checkpoint
-from unveil.train.logs import EPOCH_LOG, read_csv
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_fold
 
 def test_eval_baseline_is_the_untrained_run_of_the_same_recipe(tiny_folder, tmp_path, capsys):
     from unveil.config import resolve
-    from unveil.eval.protocols import evaluate_knn
+    from unveil.protocols.core import evaluate_knn
 
     def cfg(out, epochs):
         return resolve(None, [f"data.name={tiny_folder}", f"out={out}", f"train.epochs={epochs}", *ARGS,

@@ -13,12 +13,12 @@ import yaml
 from unveil.backbones import build_backbone
 from unveil.cli import main
 from unveil.errors import UserError
-from unveil.eval import protocols
 from unveil.eval.linear import linear_probe
 from unveil.methods import DataInfo, build_method
+from unveil.optim import build_optimizer
 from unveil.param_groups import default_param_groups
+from unveil.protocols import core as protocols
 from unveil.train import engine
-from unveil.train.optim import build_optimizer
 
 INFO = DataInfo(name="x", num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
 OPTIM = {"optimizer": "adamw", "weight_decay": 0.05, "betas": [0.9, 0.999], "momentum": 0.9}
@@ -206,7 +206,7 @@ def test_an_interrupted_vit_fine_tune_with_mixing_resumes_exactly(runs, tmp_path
     with pytest.raises(KeyboardInterrupt):
         protocols.evaluate_finetune(run, **settings)
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
-    from unveil.train.checkpoint import load_checkpoint
+    from unveil.runs.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "finetune" / "last.ckpt")["step"] == 2  # 32 images, batch 16
     resumed = protocols.evaluate_finetune(run, **settings)

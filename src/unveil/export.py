@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .errors import UserError, require
 from .io import atomic_write, tensor_bytes
+from .runs.weights import read_backbone_state, read_safetensors
 
 
 def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any],
@@ -49,31 +49,8 @@ def export_backbone(backbone: nn.Module, path: str | Path, cfg: dict[str, Any],
     return meta
 
 
-def _read_export(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors (unless ``tensors=False``) and metadata of a .safetensors file, in one open."""
-    require(path.is_file(), f"exported weights '{path}' not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
-            return state, dict(f.metadata() or {})
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as safetensors ({type(exc).__name__}): is the file complete?") from None
-
-
-def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Backbone weights from an exported .safetensors file or an unveil checkpoint/run directory."""
-    path = Path(path)
-    require(path.exists(), f"weights '{path}' not found: give an exported .safetensors file or a run directory")
-    if path.suffix == ".safetensors":
-        return _read_export(path)[0]
-    from .train.checkpoint import load_run
-
-    method, _, _ = load_run(path, load_data=False)  # the method knows which module is its backbone
-    return {k: v.detach().contiguous() for k, v in method.backbone.state_dict().items()}
-
-
 def read_metadata(path: str | Path) -> dict[str, str]:
-    return _read_export(Path(path), tensors=False)[1]
+    return read_safetensors(Path(path), tensors=False)[1]
 
 
 def read_eval_filter(path: str | Path) -> dict[str, Any] | None:
@@ -138,7 +115,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     """Rebuild the exported encoder from its metadata (``build_backbone`` arguments) and load it strictly."""
     from .backbones import build_backbone
 
-    state, meta = _read_export(Path(path))
+    state, meta = read_safetensors(Path(path))
     require(meta.get("format") == "unveil-backbone/1",
             f"{path} is not an unveil export (no 'unveil-backbone/1' metadata): export it with `unveil export RUN`")
     spec = dict(json.loads(meta.get("backbone") or "{}"))

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
-from ..train.logs import STEP_LOG, read_csv  # noqa: E402
+from ..runs.logs import STEP_LOG, read_csv  # noqa: E402
 from .spec import Planned, pretrain_state  # noqa: E402
 
 RECON_IMAGES = 8
@@ -43,7 +43,7 @@ def loss_curves(planned: list[Planned], path: Path) -> Path | None:
 
 def reconstruction(p: Planned, path: Path) -> Path | None:
     """Clean | corrupted | reconstructed test images of a finished autoencoder run (made once)."""
-    from ..train.checkpoint import load_run
+    from ..runs.checkpoint import load_run
     from ..viz.reconstruct import reconstruction_grid
 
     if path.is_file() or pretrain_state(p.run_dir) != "done":

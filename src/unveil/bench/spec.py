@@ -45,7 +45,7 @@ import yaml
 
 from ..config import load_yaml, merge, parse_overrides, recipes_dir, resolve, validate
 from ..errors import UserError, require
-from ..eval.settings import PROTOCOLS
+from ..protocols.settings import PROTOCOLS
 
 SCALES = ("smoke", "cpu", "gpu")
 __all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "eval_slot", "load_suite", "plan_suite", "pretrain_state",
@@ -206,8 +206,8 @@ def data_present(name: str, root: str | None) -> bool:
 
 def pretrain_state(run_dir: Path) -> str:
     """'done', 'partial' (a checkpoint to continue from) or 'new'."""
-    from ..train.checkpoint import CKPT_NAME
-    from ..train.logs import SUMMARY
+    from ..runs.checkpoint import CKPT_NAME
+    from ..runs.logs import SUMMARY
 
     if (run_dir / CKPT_NAME).is_file():
         return "done" if (run_dir / SUMMARY).is_file() else "partial"
@@ -216,7 +216,7 @@ def pretrain_state(run_dir: Path) -> str:
 
 def check_protocol_settings(kind: str, settings: dict[str, Any], where: str) -> None:
     """Misspelt or unknown settings fail at planning time, naming the entry."""
-    from ..eval.protocols import check_settings, protocol_function
+    from ..protocols.core import check_settings, protocol_function
 
     try:
         inspect.signature(protocol_function(kind)).bind("run", **settings)

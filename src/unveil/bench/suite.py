@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from ..errors import UserError, require
-from ..eval.protocols import current_settings, protocol_function
-from ..eval.settings import comparable, differences, stale_reason
 from ..io import atomic_write_text
+from ..protocols.core import current_settings, protocol_function
+from ..protocols.settings import comparable, differences, stale_reason
+from ..runs.checkpoint import CONFIG_NAME
 from ..train import engine
-from ..train.checkpoint import CONFIG_NAME
 from .spec import Planned, Suite, check_only, load_suite, plan_suite, pretrain_state, slot_protocol
 from .table import result_row, write_results
 

@@ -41,7 +41,7 @@ def _label(run: str, cfg: dict[str, Any]) -> str:
 def _untrained(run: str) -> nn.Module:
     """The first run's method with the weights the engine started from (its seed, no training)."""
     from ..build import backbone_config, build_method_for
-    from ..train.checkpoint import load_checkpoint, read_config, resolve_run
+    from ..runs.checkpoint import load_checkpoint, read_config, resolve_run
 
     run_dir, ckpt = resolve_run(run)
     state = load_checkpoint(ckpt)
@@ -54,7 +54,7 @@ def _untrained(run: str) -> nn.Module:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_data
-    from ..train.checkpoint import load_run
+    from ..runs.checkpoint import load_run
 
     require(args.n >= 1, f"activations: --n must be >= 1, got {args.n}")
     require(args.cell >= 16, f"activations: --cell must be >= 16 px, got {args.cell}")

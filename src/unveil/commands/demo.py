@@ -41,7 +41,7 @@ def _label(cfg: dict[str, Any]) -> str:
 
 
 def _linear(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    from ..eval.protocols import evaluate_linear
+    from ..protocols.core import evaluate_linear
 
     if epochs <= 0:
         return None
@@ -52,7 +52,7 @@ def _linear(run_dir: Path, epochs: int) -> dict[str, Any] | None:
 def _pretrain_and_baseline(recipe: str, out: Path, overrides: list[str], linear_epochs: int) -> dict[str, Any]:
     """The recipe's untrained encoder (epochs=0) and its pretrained one, each through kNN and the linear probe."""
     from ..config import resolve
-    from ..eval.protocols import evaluate_knn
+    from ..protocols.core import evaluate_knn
     from ..train.engine import train
 
     cfg = resolve(recipe, overrides + [f"out={out / 'pretrain'}"])
@@ -62,7 +62,7 @@ def _pretrain_and_baseline(recipe: str, out: Path, overrides: list[str], linear_
     run_dir = train(cfg)
     pretrain_s = time.perf_counter() - start
     pretrained = {"run": str(run_dir), "knn": evaluate_knn(run_dir), "linear": _linear(run_dir, linear_epochs)}
-    from ..train.checkpoint import load_checkpoint
+    from ..runs.checkpoint import load_checkpoint
 
     history = [r for r in load_checkpoint(run_dir / "last.ckpt")["history"] if "knn_top1" in r]
     return {"recipe": recipe, "label": _label(cfg), "config": cfg, "pretrain_seconds": pretrain_s,
@@ -84,7 +84,7 @@ def _pct(x: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..errors import require
     from ..eval.pixels import pixel_knn
-    from ..train.checkpoint import load_run
+    from ..runs.checkpoint import load_run
     from ..viz.curves import plot_curves, plot_views
     from ..viz.demo_figures import plot_knn_bars, plot_knn_vs_epoch
 

@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _headline(run: str) -> tuple[str, str]:
     """(method name, the protocol its method declares as its headline; "" when none or unknown)."""
     from .. import methods
-    from ..train.checkpoint import read_config, resolve_run
+    from ..runs.checkpoint import read_config, resolve_run
 
     try:
         name = str(read_config(resolve_run(run)[0])["method"]["name"])
@@ -150,7 +150,7 @@ def _lr(text: str) -> float | str:
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from ..eval.protocols import evaluate_knn
+    from ..protocols.core import evaluate_knn
 
     _positive("k", args.k)
     _positive("t", args.t)
@@ -160,7 +160,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from ..eval.protocols import check_settings, evaluate_linear
+    from ..protocols.core import check_settings, evaluate_linear
 
     for name in ("epochs", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -173,7 +173,7 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ..eval.protocols import check_settings, evaluate_finetune
+    from ..protocols.core import check_settings, evaluate_finetune
 
     for name in ("epochs", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import export_backbone
-    from ..train.checkpoint import load_run, resolve_run
+    from ..runs.checkpoint import load_run, resolve_run
 
     run_dir, _ = resolve_run(args.run)
     method, cfg, _ = load_run(args.run, load_data=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import resolve
 from ..errors import require
-from ..train.checkpoint import CONFIG_NAME, read_config
+from ..runs.checkpoint import CONFIG_NAME, read_config
 
 
 def add_common_overrides(p: argparse.ArgumentParser) -> None:

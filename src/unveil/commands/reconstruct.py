@@ -26,7 +26,7 @@ def _test_images(dataset: Any, n: int, seed: int) -> Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.checkpoint import load_run
+    from ..runs.checkpoint import load_run
 
     require(args.n > 0, f"--n must be a positive number of images, got {args.n}")
     method, _cfg, dataset = load_run(args.run_dir)

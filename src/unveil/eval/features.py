@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..train.precision import autocast
+from ..precision import autocast
 
 
 @torch.no_grad()

@@ -68,7 +68,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
     ``head_bn``: ``BatchNorm1d(D, affine=False, eps=1e-6)`` before the linear layer (batch statistics
     while training, running ones at test). ``lars``: LARS with momentum 0.9 (trust ratio on the weight,
-    not the bias, as MAE's), from ``unveil.train.optim``. ``warmup_epochs``: a linear warm-up per step
+    not the bias, as MAE's), from ``unveil.optim``. ``warmup_epochs``: a linear warm-up per step
     before the schedule (MAE's probe: 10). ``init_std``: the head's weight drawn from a normal truncated
     at ±2 std and a zero bias (MAE's probe: 0.01); None keeps PyTorch's default initialisation.
     ``lr``: a number, or ``"mae-budget"`` (``mae_budget_lr`` of this probe's steps); the result's
@@ -99,7 +99,7 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     elif optimizer == "lars":
-        from ..train.optim import LARS
+        from ..optim import LARS
 
         opt = LARS([{"params": [linear.weight], "lars": True},
                     {"params": [linear.bias], "lars": False, "weight_decay": 0.0}],

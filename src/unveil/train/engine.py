@@ -29,12 +29,13 @@ from .. import methods as method_registry
 from ..build import backbone_config, build_method_for, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
-from .checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
+from ..optim import build_optimizer, lr_at, set_lr
+from ..precision import autocast, configure_kernels, pick_device, pick_precision
+from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
+from ..runs.logs import RunLogger
+from ..runs.weights import load_backbone_weights
 from .loader import TensorBatches
-from .logs import RunLogger
 from .monitor import has_labels, monitor_sizes, run_monitor, unlabelled_figures
-from .optim import build_optimizer, lr_at, set_lr
-from .precision import autocast, configure_kernels, pick_device, pick_precision
 
 
 def _channels_last_inputs(module: nn.Module) -> None:
@@ -45,17 +46,6 @@ def _channels_last_inputs(module: nn.Module) -> None:
         return (x, *args[1:])
 
     module.register_forward_pre_hook(hook)
-
-
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load exported safetensors (or an unveil checkpoint) into a backbone, strictly."""
-    from ..export import read_backbone_state
-
-    state = read_backbone_state(path)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    require(not missing and not unexpected,
-            f"weights in {path} do not fit this backbone (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}): "
-            "use the same backbone settings as the pretraining run")
 
 
 def default_run_dir(cfg: dict[str, Any]) -> Path:

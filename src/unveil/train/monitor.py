@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..eval.features import extract
 from ..eval.knn import knn_accuracy
-from .precision import autocast
+from ..precision import autocast
 
 NEIGHBOURS_PNG = "neighbours.png"
 NEIGHBOURS_UNTRAINED_PNG = "neighbours_untrained.png"

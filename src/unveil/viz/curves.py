@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
-from ..train.logs import EPOCH_LOG, STEP_LOG, read_csv  # noqa: E402
+from ..runs.logs import EPOCH_LOG, STEP_LOG, read_csv  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

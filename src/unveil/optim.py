@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import require
-from ..param_groups import default_param_groups, no_weight_decay_names  # noqa: F401 (re-exported)
+from .errors import require
+from .param_groups import default_param_groups, no_weight_decay_names  # noqa: F401 (re-exported)
 
 
 class LARS(torch.optim.Optimizer):

@@ -23,12 +23,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError, require
+from ..eval.features import extract
+from ..eval.knn import knn_accuracy
+from ..eval.linear import linear_probe
 from ..io import NoSpaceError, atomic_write, atomic_write_text, tensor_bytes
-from ..train.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config, resolve_run
-from ..train.precision import pick_device, pick_precision
-from .features import extract
-from .knn import knn_accuracy
-from .linear import linear_probe
+from ..precision import pick_device, pick_precision
+from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config, resolve_run
 from .settings import PROTOCOLS, VOLATILE, comparable, differences, plain
 
 FEATURES_VERSION = 2  # bump when extraction changes what the cached features hold
@@ -112,7 +112,7 @@ def current_settings(kind: str, run: str | Path, **settings: Any) -> dict[str, A
 
 def check_settings(kind: str, settings: dict[str, Any]) -> None:
     """Bad values of a suite's evaluation settings fail before any training (binding checks the names)."""
-    from .linear import LR_RULES, OPTIMIZERS, SCHEDULES
+    from ..eval.linear import LR_RULES, OPTIMIZERS, SCHEDULES
 
     for key in ("standardize", "augment"):
         if key in settings:
@@ -237,7 +237,7 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
     method = build_method_for(cfg, dataset_info=state.get("data_info"))
     if untrained:
         if cfg["train"].get("init_backbone"):
-            from ..train.engine import load_backbone_weights
+            from ..runs.weights import load_backbone_weights
 
             load_backbone_weights(method.backbone, cfg["train"]["init_backbone"])
     else:
@@ -272,7 +272,7 @@ def recalibrate_batchnorm(method: torch.nn.Module, images: torch.Tensor, device:
     number of BatchNorm layers recalibrated."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from ..train.precision import autocast
+    from ..precision import autocast
 
     norms = [m for m in method.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
@@ -405,7 +405,7 @@ def evaluate_linear(run: str | Path, epochs: int = 100, lr: float | str = 1e-3, 
 
 
 def _finetune_history(out: Path) -> list[dict[str, Any]]:
-    from ..train.logs import EPOCH_LOG, read_csv
+    from ..runs.logs import EPOCH_LOG, read_csv
 
     # epoch 0 (a before-training baseline row, if the monitor writes one) is not a fine-tuned model
     return [r for r in read_csv(out / EPOCH_LOG) if r.get("test_top1") is not None and int(r["epoch"]) >= 1]
@@ -540,8 +540,8 @@ def _run_finetune(out: Path, cfg: dict[str, Any], settings: dict[str, Any], epoc
                   write_init: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Fine-tune into ``out``: continue an interrupted one with the same settings, read back a finished
     one, start over one made with other settings (said on stderr). Returns best/last accuracies."""
+    from ..runs.logs import SUMMARY
     from ..train import engine
-    from ..train.logs import SUMMARY
 
     marker = out / "eval_settings.json"
     if (out / CKPT_NAME).is_file():
@@ -646,7 +646,7 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
             torch.manual_seed(base["train"]["seed"])
             fresh = build_method_for(base, dataset_info=state.get("data_info"))
             if base["train"].get("init_backbone"):
-                from ..train.engine import load_backbone_weights
+                from ..runs.weights import load_backbone_weights
 
                 load_backbone_weights(fresh.backbone, base["train"]["init_backbone"])
             export_backbone(fresh.backbone, path, base)
@@ -662,7 +662,7 @@ def evaluate_monitor(run: str | Path, metric: str = "test") -> dict[str, Any]:
 
     This is how the supervised-from-scratch row is evaluated: its training *is* the fine-tune
     protocol from random weights, so its own per-epoch test accuracy is the comparable number."""
-    from ..train.logs import EPOCH_LOG, read_csv
+    from ..runs.logs import EPOCH_LOG, read_csv
 
     run_dir, _, state, cfg = _state(run)
     rows = [r for r in read_csv(run_dir / EPOCH_LOG) if r.get(f"{metric}_top1") is not None]
