@@ -147,3 +147,18 @@ def test_importing_the_corruptions_and_views_loads_nothing_above_them():
     out = subprocess.run([sys.executable, "-c", _LOAD_ALL], capture_output=True, text=True, timeout=120,
                          check=True).stdout.split()
     assert set(out) == {"corruptions", "views", "errors", "tensors"}, out
+
+
+def test_no_registered_method_imports_another():
+    """What two methods share lives in an unregistered ``methods/_*.py`` file (heads, the MoCo machinery,
+    momentum pairs), so a method file can be read, copied or deleted on its own."""
+    methods = SRC / "methods"
+    registered = {p.stem for p in methods.glob("*.py") if not p.stem.startswith("_")}
+    for path in sorted(methods.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                bad = {n.split(".")[0] for n in names} & (registered - {path.stem})
+                assert not bad, f"methods/{path.name} imports the method module(s) {sorted(bad)}"

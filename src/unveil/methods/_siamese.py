@@ -1,5 +1,6 @@
-"""Building blocks of the two-branch methods (BYOL, MoCo and the image-mixture methods):
-MLP heads, a frozen momentum copy, its EMA update and BYOL's cosine momentum schedule."""
+"""Momentum (EMA) targets of the two-branch methods (BYOL, MoCo and the image-mixture methods): a frozen
+copy, its EMA update and restart over the (target, online) pairs a method declares once in
+``momentum_pairs()``, and BYOL's cosine momentum schedule."""
 
 from __future__ import annotations
 
@@ -8,16 +9,6 @@ import math
 
 import torch
 from torch import nn
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = False) -> nn.Sequential:
-    """``Linear–BN–ReLU–Linear`` (BYOL's projector and predictor); ``last_bn`` adds a BN at the end
-    (SimCLR's projector)."""
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                               nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=not last_bn)]
-    if last_bn:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*layers)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -49,3 +40,17 @@ def copy_into_(target: nn.Module, online: nn.Module) -> None:
     copy restarting from new online weights, as ``momentum_copy`` makes it at construction."""
     for t, o in zip(target.state_dict().values(), online.state_dict().values(), strict=True):
         t.copy_(o)
+
+
+@torch.no_grad()
+def ema_update_pairs_(pairs: list[tuple[nn.Module, nn.Module]], momentum: float) -> None:
+    """``ema_update_`` over a method's ``momentum_pairs()``: (target, online) pairs declared once."""
+    for target, online in pairs:
+        ema_update_(target, online, momentum)
+
+
+@torch.no_grad()
+def copy_pairs_(pairs: list[tuple[nn.Module, nn.Module]]) -> None:
+    """``copy_into_`` over a method's ``momentum_pairs()``: every target restarts equal to its online module."""
+    for target, online in pairs:
+        copy_into_(target, online)

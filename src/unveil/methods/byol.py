@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..losses.byol import byol_loss
 from ..views import ViewPipeline, eval_transform, view_pair
 from . import DataInfo, register
+from ._heads import mlp
 from ._masking import (
     branch_views,
     build_masker,
@@ -34,7 +35,7 @@ from ._masking import (
     mean_over_pairs,
     per_batch,
 )
-from ._siamese import copy_into_, cosine_momentum, ema_update_, mlp, momentum_copy
+from ._siamese import copy_pairs_, cosine_momentum, ema_update_pairs_, momentum_copy
 
 
 @register("byol", summary="online network predicts an EMA target's projection (normalised MSE); optional MSCN masks",
@@ -94,15 +95,16 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """EMA of the online backbone + projector into the target (parameters; BN statistics are the target's own)."""
-        m = self.momentum_at(step, total_steps)
-        ema_update_(self.target_backbone, self.backbone, m)
-        ema_update_(self.target_projector, self.projector, m)
+        ema_update_pairs_(self.momentum_pairs(), self.momentum_at(step, total_steps))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(target, online) module pairs: the target backbone and projector follow the online ones by EMA."""
+        return [(self.target_backbone, self.backbone), (self.target_projector, self.projector)]
 
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The target restarts equal to the online network (after the engine loads init weights)."""
-        copy_into_(self.target_backbone, self.backbone)
-        copy_into_(self.target_projector, self.projector)
+        copy_pairs_(self.momentum_pairs())
 
     @torch.no_grad()
     def branch_views(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

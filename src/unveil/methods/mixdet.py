@@ -43,18 +43,18 @@ from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
 from . import DataInfo, register
 from ._common import reject_unknown_settings
-from ._siamese import copy_into_, ema_update_, momentum_copy
-from .moco import (
+from ._heads import moco_head
+from ._moco import (
     check_batch_splits,
     check_embed,
     check_moco_settings,
     embed_features,
     key_embed,
     make_key_encoder,
-    moco_head,
     moco_param_groups,
     moco_views,
 )
+from ._siamese import copy_pairs_, ema_update_pairs_, momentum_copy
 
 
 def box_pool(proj_map: Tensor, box: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -203,18 +203,17 @@ class MixDet(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         # as moco.MoCo.after_optimizer_step: equals the code's EMA update before each forward
-        ema_update_(self.key_backbone, self.backbone, self.momentum)
-        ema_update_(self.key_head, self.head, self.momentum)
-        if self.key_proj is not None:
-            ema_update_(self.key_proj, self.proj, self.momentum)
+        ema_update_pairs_(self.momentum_pairs(), self.momentum)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(key, query) module pairs; the local projection too when the keys use its EMA copy."""
+        pairs = [(self.key_backbone, self.backbone), (self.key_head, self.head)]
+        return pairs + ([(self.key_proj, self.proj)] if self.key_proj is not None else [])
 
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
-        copy_into_(self.key_backbone, self.backbone)
-        copy_into_(self.key_head, self.head)
-        if self.key_proj is not None:
-            copy_into_(self.key_proj, self.proj)
+        copy_pairs_(self.momentum_pairs())
 
     def param_groups(self) -> list[dict[str, Any]]:
         return moco_param_groups(self, self.weight_decay_all)

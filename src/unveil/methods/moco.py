@@ -8,8 +8,8 @@ With ``mix`` the query view is also mixed with the reversed batch (Un-Mix):
 ``symmetric`` adds the other direction with the *same* mixture of view 1 and its lam (Un-Mix's
 unmix_c10.py): ``L(q1, k2) + L(q2, k1) + Σ_{k ∈ {k2, k1}} [lam·L(q_m, k) + (1 − lam)·L(flip(q_m), k)]``.
 
-The small functions here (head, views, key forward, momentum update, settings checks) are also
-what ``mixdet`` builds on: no base class, just imports.
+The small functions (views, key forward, settings checks) are in ``_moco.py``, shared with ``mixdet``;
+the heads in ``_heads.py``.
 """
 
 from __future__ import annotations
@@ -19,104 +19,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import dist
-from ..backbones.split_bn import split_batchnorm
 from ..corruptions.mixing import unmix
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
-from ..param_groups import default_param_groups
-from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo, register
 from ._common import reject_unknown_settings
-from ._siamese import copy_into_, ema_update_, momentum_copy
-
-# ---------------------------------------------------------------------------------------------
-# Shared by moco and mixdet
-
-
-def moco_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int) -> nn.Module:
-    """``linear``: one Linear (the CIFAR code's fc *is* the projection); ``mlp``: MoCo v2's
-    Linear-ReLU-Linear (no BatchNorm, as main_moco.py --mlp). ``hidden_dim=None`` is the encoder's
-    width, as MoCo v2's code (moco/builder.py: ``dim_mlp = fc.weight.shape[1]``, 512 for ResNet-18)."""
-    require(kind in ("linear", "mlp"), f"method.head must be linear or mlp, got {kind!r}")
-    require(hidden_dim is None or (isinstance(hidden_dim, int) and not isinstance(hidden_dim, bool) and hidden_dim >= 1),
-            f"method.proj_hidden_dim must be a positive integer or null (the encoder's width), got {hidden_dim!r}")
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    hidden = in_dim if hidden_dim is None else hidden_dim
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
-
-
-def moco_views(data_info: DataInfo, preset: str | None, views: dict[str, Any] | None) -> ViewPipeline:
-    """Two-view augmentation: the ``cifar`` preset on small images (mix-ssl's CIFAR pipeline except
-    the bicubic resize, which the batched crop does not offer: bilinear, as Un-Mix's demo)."""
-    overrides = {"mean": tuple(data_info.mean), "std": tuple(data_info.std), **(views or {})}
-    return ViewPipeline(view_preset(preset or default_preset_for(data_info.name), data_info.image_size, **overrides))
-
-
-def check_moco_settings(momentum: float, queue_size: int, temperature: float, bn_splits: int,
-                        shuffle_bn: bool, symmetric: bool) -> None:
-    """One line per bad MoCo base setting (a recipe typo must not become a stack trace)."""
-    require(isinstance(momentum, (int, float)) and 0 <= momentum <= 1, f"method.momentum must be in [0, 1], got {momentum!r}")
-    require(isinstance(queue_size, int) and not isinstance(queue_size, bool) and queue_size >= 1,
-            f"method.queue_size must be a positive integer, got {queue_size!r}")
-    require(isinstance(temperature, (int, float)) and temperature > 0, f"method.temperature must be > 0, got {temperature!r}")
-    require(isinstance(bn_splits, int) and not isinstance(bn_splits, bool) and bn_splits >= 1,
-            f"method.bn_splits must be a positive integer (1 = plain BatchNorm), got {bn_splits!r}")
-    require(isinstance(shuffle_bn, bool), f"method.shuffle_bn must be true or false, got {shuffle_bn!r}")
-    require(isinstance(symmetric, bool), f"method.symmetric must be true or false, got {symmetric!r}")
-
-
-def check_batch_splits(batch: int, bn_splits: int) -> None:
-    """Split BatchNorm needs the per-process batch to divide into its splits: say so in one line
-    (SplitBatchNorm's own error would surface as a stack trace from inside the backbone)."""
-    require(batch % bn_splits == 0, f"batch of {batch} images per process is not a multiple of method.bn_splits="
-            f"{bn_splits}: set train.batch_size to a multiple of {bn_splits}, or method.bn_splits=1 (plain BatchNorm)")
-    require(batch // bn_splits >= 2, f"batch of {batch} images per process in method.bn_splits={bn_splits} leaves "
-            f"{batch // bn_splits} image per BatchNorm split (its statistics need 2 or more): raise train.batch_size "
-            f"to {2 * bn_splits} or more, or lower method.bn_splits")
-
-
-def make_key_encoder(backbone: nn.Module, head: nn.Module, bn_splits: int) -> tuple[nn.Module, nn.Module]:
-    """Put split BatchNorm in the query backbone (in place), then copy backbone and head as the
-    frozen key encoder (equal at start, as MoCo's ``param_k.data.copy_(param_q.data)``)."""
-    split_batchnorm(backbone, bn_splits)
-    return momentum_copy(backbone), momentum_copy(head)
-
-
-@torch.no_grad()
-def key_embed(key_backbone: nn.Module, key_head: nn.Module, x: Tensor, generator: torch.Generator,
-              shuffle: bool) -> Tensor:
-    """Key encoder output for ``x`` (no gradient); with ``shuffle`` the batch is permuted (over all
-    ranks) before the encoder and put back after, so BatchNorm statistics of a key are not those
-    of its query (MoCo's shuffle-BN; on one process it matters with split BatchNorm)."""
-    if not shuffle:
-        return key_head(key_backbone(x))
-    shuffled, unshuffle = dist.shuffle_batch(x, generator)
-    return dist.unshuffle_batch(key_head(key_backbone(shuffled)), unshuffle)
-
-
-def moco_param_groups(module: nn.Module, weight_decay_all: bool) -> list[dict[str, Any]]:
-    """``weight_decay_all``: one group, weight decay on every trainable parameter (the MoCo / mix-ssl
-    code passes ``model.parameters()`` to SGD with weight_decay; BN and biases included); else the
-    library's default groups (norms, biases exempt)."""
-    if not weight_decay_all:
-        return default_param_groups(module)
-    return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]
-
-
-def embed_features(backbone: nn.Module, head: nn.Module, data_info: DataInfo, images: Tensor, which: str) -> Tensor:
-    """Evaluation features under the deterministic evaluation transform: the backbone's pooled
-    features (``which="backbone"``, unveil's default for every method) or the query head's output
-    (``"head"``: the 128-d vector paper 5's kNN monitor uses, methods.md 5.1)."""
-    pooled = backbone(eval_transform(images, data_info.image_size, data_info.mean, data_info.std))
-    return head(pooled) if which == "head" else pooled
-
-
-def check_embed(which: object) -> str:
-    require(which in ("backbone", "head"), f"method.embed must be backbone or head, got {which!r}")
-    return str(which)
-
+from ._heads import moco_head
+from ._moco import (
+    check_batch_splits,
+    check_embed,
+    check_moco_settings,
+    embed_features,
+    key_embed,
+    make_key_encoder,
+    moco_param_groups,
+    moco_views,
+)
+from ._siamese import copy_pairs_, ema_update_pairs_
 
 # ---------------------------------------------------------------------------------------------
 
@@ -200,14 +119,16 @@ class MoCo(nn.Module):
         # key weights at every forward (the first MoCo update is a no-op: key == query at start;
         # ours after the last step only touches the unexported key encoder), and keeps one update
         # per optimizer step under gradient accumulation.
-        ema_update_(self.key_backbone, self.backbone, self.momentum)
-        ema_update_(self.key_head, self.head, self.momentum)
+        ema_update_pairs_(self.momentum_pairs(), self.momentum)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(key, query) module pairs: the key encoder follows the query encoder by EMA."""
+        return [(self.key_backbone, self.backbone), (self.key_head, self.head)]
 
     @torch.no_grad()
     def reset_targets(self) -> None:
         """The key encoder restarts equal to the query encoder (after the engine loads init weights)."""
-        copy_into_(self.key_backbone, self.backbone)
-        copy_into_(self.key_head, self.head)
+        copy_pairs_(self.momentum_pairs())
 
     def param_groups(self) -> list[dict[str, Any]]:
         return moco_param_groups(self, self.weight_decay_all)

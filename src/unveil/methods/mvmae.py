@@ -23,22 +23,8 @@ from ..errors import UserError
 from ..losses.ntxent import nt_xent
 from ..views import ViewPipeline, view_preset
 from . import DataInfo, register
+from ._heads import build_projector
 from ._mae import MaskedImageModel, check_embed, check_ratio, decoder_for, masked_patch_loss, patchify, pooled
-
-PROJECTORS = ("mlp2", "mocov3")
-
-
-def build_projector(kind: str, in_dim: int, hidden: int, out: int) -> nn.Sequential:
-    """``mlp2``: Linear-BN-ReLU-Linear (methods.md 4.2); ``mocov3``: MoCo v3's 3 layers, BN at the end."""
-    if kind not in PROJECTORS:
-        raise UserError(f"method.projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-    if kind == "mocov3":
-        layers += [nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                   nn.Linear(hidden, out, bias=False), nn.BatchNorm1d(out, affine=False)]
-    else:
-        layers.append(nn.Linear(hidden, out))
-    return nn.Sequential(*layers)
 
 
 @register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 Multi-view masked AE (Ji et al. 2023)")

@@ -17,15 +17,8 @@ from torch import Tensor, nn
 from ..losses.ntxent import nt_xent
 from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo, register
+from ._heads import mlp
 from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
-
-
-def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                               nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=not last_bn)]
-    if last_bn:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*layers)
 
 
 @register("simclr", summary="two augmented views, projection MLP, NT-Xent (the contrastive baseline of papers 4 and 5)", paper="Chen et al. 2020 (baseline)")
@@ -40,7 +33,7 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         self.data_info = data_info
         self.temperature = temperature
-        self.projector = projection_mlp(backbone.num_features, proj_hidden_dim, proj_dim)
+        self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim, last_bn=True)
         preset = view_preset_name or default_preset_for(data_info.name)
         self.views = ViewPipeline(view_preset(preset, data_info.image_size, mean=tuple(data_info.mean),
                                               std=tuple(data_info.std), **(views or {})))
