@@ -22,8 +22,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "unveil"
 ONLY = {
     "errors": set(),
     "tensors": set(),
-    "registry": set(),
-    "corruptions": {"errors", "tensors"},
+    "registry": {"errors"},
+    "corruptions": {"errors", "tensors", "registry"},
     "views": {"errors", "tensors"},
     "backbones": {"errors", "registry"},
 }
@@ -38,8 +38,8 @@ TOP = {"commands", "cli"}  # nothing but ``cli`` reaches ``commands``, nothing i
 # ``runs`` (checkpoints, configs, logs, weights on disk) is what lets eval, viz, export and train read a run
 # without importing each other; ``protocols`` sits above ``train`` because the fine-tune trains through it.
 LAYERS = [
-    {"errors", "tensors", "registry", "dist", "param_groups"},
-    {"io", "precision", "losses"},
+    {"errors", "tensors", "dist", "param_groups"},
+    {"io", "precision", "losses", "registry"},
     {"config", "optim", "corruptions", "views", "backbones", "data"},
     {"methods"},
     {"build"},
@@ -146,7 +146,7 @@ def test_importing_the_corruptions_and_views_loads_nothing_above_them():
     # pipeline layers, so loading them together checks both.
     out = subprocess.run([sys.executable, "-c", _LOAD_ALL], capture_output=True, text=True, timeout=120,
                          check=True).stdout.split()
-    assert set(out) == {"corruptions", "views", "errors", "tensors"}, out
+    assert set(out) == {"corruptions", "views", "errors", "tensors", "registry"}, out
 
 
 def test_no_registered_method_imports_another():

@@ -11,31 +11,24 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
-from ..registry import import_submodules
+from ..registry import Registry
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", __name__)
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        BACKBONES[name] = fn
+        BACKBONES.add(name, fn)
         return fn
 
     return deco
 
 
-def _import_all() -> None:
-    # Importing the modules runs their @register_backbone decorators.
-    import_submodules(__name__, __path__)
-
-
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered backbone by name (e.g. ``resnet18``, ``resnet50``)."""
-    _import_all()
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone '{name}': choose one of {', '.join(sorted(BACKBONES))}")
+    builder = BACKBONES.lookup(name)
     try:
-        return BACKBONES[name](**kwargs)
+        return builder(**kwargs)
     except TypeError as exc:
         found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if not found:
@@ -46,7 +39,4 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 def backbone_builder(name: str) -> Callable[..., nn.Module]:
     """The registered builder for ``name`` (to inspect its settings); unknown names get one line."""
-    _import_all()
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone '{name}': choose one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name]
+    return BACKBONES.lookup(name)

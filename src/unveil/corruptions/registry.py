@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..errors import UserError
+from ..registry import Registry
 
-CORRUPTIONS: dict[str, type] = {}
+CORRUPTIONS: Registry[type] = Registry("corruption", "unveil.corruptions")  # found by import, as methods
 
 
 class Corruption:
@@ -27,10 +28,8 @@ def register_corruption(name: str) -> Callable[[type], type]:
     """Class decorator: make a corruption available as ``name``."""
 
     def deco(cls: type) -> type:
-        if name in CORRUPTIONS and CORRUPTIONS[name] is not cls:
-            raise RuntimeError(f"corruption name '{name}' registered twice")
         cls.name = name
-        CORRUPTIONS[name] = cls
+        CORRUPTIONS.add(name, cls)
         return cls
 
     return deco
@@ -73,6 +72,4 @@ def describe(name: str) -> str:
 
 
 def _lookup(name: str) -> type:
-    if name not in CORRUPTIONS:
-        raise UserError(f"unknown corruption '{name}': choose one of {', '.join(sorted(CORRUPTIONS))}")
-    return CORRUPTIONS[name]
+    return CORRUPTIONS.lookup(name)

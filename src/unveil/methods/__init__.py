@@ -44,7 +44,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class DataInfo:
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
 
-METHODS: dict[str, Callable[..., nn.Module]] = {}
+METHODS: Registry[Callable[..., nn.Module]] = Registry("method", __name__)
 ABOUT: dict[str, tuple[str, str]] = {}  # name -> (one-line summary, paper)
 
 
@@ -68,7 +68,7 @@ def register(name: str, summary: str = "", paper: str = "") -> Callable[[type], 
     ``summary`` and ``paper`` feed ``methods_table`` (the README's table of what exists)."""
 
     def deco(cls: type) -> type:
-        METHODS[name] = cls
+        METHODS.add(name, cls)
         doc_line = (cls.__doc__ or "").strip().split("\n")[0]
         ABOUT[name] = (summary or doc_line, paper)
         return cls
@@ -80,7 +80,6 @@ def methods_table() -> str:
     """Markdown table of the registered methods (private ``_names`` left out), with their shipped recipes."""
     from ..config import available_recipes, load_recipe
 
-    _import_all()
     recipes: dict[str, list[str]] = {}
     for recipe in available_recipes():
         recipes.setdefault(str(load_recipe(recipe).get("method", {}).get("name", "simclr")), []).append(recipe)
@@ -93,21 +92,10 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
-def _import_all() -> None:
-    # Importing the modules runs their @register decorators.
-    from ..registry import import_submodules
-
-    import_submodules(__name__, __path__)
-
-
 def available() -> list[str]:
-    _import_all()
     return sorted(METHODS)
 
 
 def build_method(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a registered method; unknown names get one clear line."""
-    _import_all()
-    if name not in METHODS:
-        raise UserError(f"unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name](**kwargs)
+    return METHODS.lookup(name)(**kwargs)
