@@ -236,8 +236,8 @@ def test_the_masked_modelling_suites_linear_probe_converges_on_separable_feature
 
 
 def test_mae_probe_warm_up_head_init_and_lr_rule_are_maes(monkeypatch, one_thread):
+    from unveil import optim
     from unveil.eval import linear
-    from unveil.train import optim
 
     # MAE's probe: lr 0.1 x 16384/256 = 6.4 over 90 epochs of ImageNet at batch 16384 (~7,038 steps)
     assert linear.mae_budget_lr(7038) == pytest.approx(6.4, rel=1e-4)

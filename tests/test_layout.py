@@ -162,3 +162,18 @@ def test_no_registered_method_imports_another():
                 names = [node.module] if node.module else [a.name for a in node.names]
                 bad = {n.split(".")[0] for n in names} & (registered - {path.stem})
                 assert not bad, f"methods/{path.name} imports the method module(s) {sorted(bad)}"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_in_src_is_longer_than_a_screen():
+    """A function a reader cannot see whole is split (docstring and signature included in the count)."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these: " + "; ".join(long)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import require
 from ..io import atomic_write_text
 
 DEMO_RECIPES = ("simclr_cifar10_demo",)  # each is pretrained and compared with its own untrained encoder
@@ -82,30 +83,58 @@ def _pct(x: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import require
     from ..eval.pixels import pixel_knn
     from ..runs.checkpoint import load_run
-    from ..viz.curves import plot_curves, plot_views
-    from ..viz.demo_figures import plot_knn_bars, plot_knn_vs_epoch
 
     out = Path(args.out)
     recipes = args.recipes or list(DEMO_RECIPES)
     require(not (out / "demo.json").exists() and not any((out / r / "pretrain" / "last.ckpt").exists() for r in recipes),
             f"{out} already holds a demo: remove it or give --out another folder")
+    start = time.perf_counter()
+    results = [_pretrain_and_baseline(r, out / r, _overrides(args), args.linear_epochs) for r in recipes]
+
+    # Raw pixels: the first run's own dataset (same subset, bank and queries), its normalisation.
+    first = results[0]
+    method, _, dataset = load_run(first["pretrained"]["run"])
+    knn = first["pretrained"]["knn"]
+    pixels = pixel_knn(dataset, k=knn["k"], temperature=knn["temperature"])
+    figures = _figures(out, method, dataset, results, pixels)
+    total_s = time.perf_counter() - start
+
+    report = out / "report.md"
+    atomic_write_text(report, _report(out, results, pixels, dataset, args.linear_epochs, total_s))
+    summary = {
+        "raw_pixels": pixels,
+        "methods": {r["label"]: {k: r[k] for k in ("recipe", "pretrain_seconds", "untrained", "pretrained", "history")}
+                    for r in results},
+        "total_seconds": total_s,
+        "figures": [str(f) for f in figures],
+    }
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2))
+    parts = []
+    for r in results:
+        lin_p, lin_u = r["pretrained"]["linear"], r["untrained"]["linear"]
+        lin = (f"; linear {lin_p['last_top1']:.1f} % vs untrained {lin_u['last_top1']:.1f} %" if lin_p and lin_u else "")
+        parts.append(f"{r['label']} kNN top-1 {r['pretrained']['knn']['top1']:.1f} % vs untrained "
+                     f"{r['untrained']['knn']['top1']:.1f} %{lin}")
+    print(f"unveil: demo finished in {total_s / 60:.1f} min: {'; '.join(parts)}; raw pixels kNN "
+          f"{pixels['top1']:.1f} % (chance {100.0 / dataset.num_classes:g} %); report at {report}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.subset is not None:
         overrides.append(f"data.subset={args.subset}")
+    return overrides
 
-    start = time.perf_counter()
-    results = [_pretrain_and_baseline(r, out / r, overrides, args.linear_epochs) for r in recipes]
 
-    # Raw pixels: the first run's own dataset (same subset, bank and queries), its normalisation.
-    first = results[0]
-    method, cfg, dataset = load_run(first["pretrained"]["run"])
-    knn = first["pretrained"]["knn"]
-    pixels = pixel_knn(dataset, k=knn["k"], temperature=knn["temperature"])
+def _figures(out: Path, method: Any, dataset: Any, results: list[dict[str, Any]], pixels: dict[str, Any]) -> list[Path]:
+    """Sample views (when the method makes them), kNN bars, kNN against epochs, the first run's curves."""
+    from ..viz.curves import plot_curves, plot_views
+    from ..viz.demo_figures import plot_knn_bars, plot_knn_vs_epoch
 
     sample = dataset.test.images[:10]
     figures = []
@@ -123,10 +152,14 @@ def run(args: argparse.Namespace) -> int:
     figures.append(plot_knn_vs_epoch({r["label"]: _curve(r) for r in results},
                                      {r["label"]: r["untrained"]["knn"]["top1"] for r in results},
                                      pixels["top1"], out / "knn_vs_epoch.png"))
-    figures.append(plot_curves(first["pretrained"]["run"], out / "curves.png"))
-    total_s = time.perf_counter() - start
+    figures.append(plot_curves(results[0]["pretrained"]["run"], out / "curves.png"))
+    return figures
 
-    report = out / "report.md"
+
+def _report(out: Path, results: list[dict[str, Any]], pixels: dict[str, Any], dataset: Any, lin_epochs: int,
+            total_s: float) -> str:
+    """report.md: the verdict per method, the table beside both baselines, the runs, the figures."""
+    knn = results[0]["pretrained"]["knn"]
     chance = 100.0 / dataset.num_classes
     rows = [f"| raw pixels (normalised, {pixels['feature_dim']}-d) | – | **{pixels['top1']:.1f}** | – |"]
     for r in results:
@@ -150,8 +183,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = "beats both baselines" if p > best else "does NOT beat the best baseline"
         gap_lines.append(f"* {r['label']}: pretrained {p:.1f} % vs untrained {u:.1f} % ({p - u:+.1f}) and raw pixels "
                          f"{pixels['top1']:.1f} % ({p - pixels['top1']:+.1f}): **{verdict}**.")
-    lin_epochs = args.linear_epochs
-    atomic_write_text(report, f"""# unveil demo: does pretraining beat its baselines?
+    return f"""# unveil demo: does pretraining beat its baselines?
 
 {chr(10).join(gap_lines)}
 
@@ -174,21 +206,4 @@ Linear probe: {f'{lin_epochs} epochs of Adam 1e-3 on frozen, standardised featur
 ![loss and monitor](curves.png)
 {chr(10) + '![sample views](views.png)' + chr(10) if (out / 'views.png').exists() else ''}
 Raw numbers: `demo.json` here, and `eval_knn.json` / `eval_linear.json` in each run directory.
-""")
-    summary = {
-        "raw_pixels": pixels,
-        "methods": {r["label"]: {k: r[k] for k in ("recipe", "pretrain_seconds", "untrained", "pretrained", "history")}
-                    for r in results},
-        "total_seconds": total_s,
-        "figures": [str(f) for f in figures],
-    }
-    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2))
-    parts = []
-    for r in results:
-        lin_p, lin_u = r["pretrained"]["linear"], r["untrained"]["linear"]
-        lin = (f"; linear {lin_p['last_top1']:.1f} % vs untrained {lin_u['last_top1']:.1f} %" if lin_p and lin_u else "")
-        parts.append(f"{r['label']} kNN top-1 {r['pretrained']['knn']['top1']:.1f} % vs untrained "
-                     f"{r['untrained']['knn']['top1']:.1f} %{lin}")
-    print(f"unveil: demo finished in {total_s / 60:.1f} min: {'; '.join(parts)}; raw pixels kNN "
-          f"{pixels['top1']:.1f} % (chance {chance:g} %); report at {report}")
-    return 0
+"""

@@ -21,7 +21,12 @@ EVAL_DATA_HELP = ("labelled data to evaluate on instead of the run's own (a fold
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run (kNN, linear probe, fine-tune)")
     kinds = p.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    _add_knn(kinds)
+    _add_linear(kinds)
+    _add_finetune(kinds)
 
+
+def _add_knn(kinds: argparse._SubParsersAction) -> None:
     knn = kinds.add_parser("knn", help="weighted kNN on frozen features")
     knn.add_argument("run", help="run directory or .ckpt")
     knn.add_argument("--k", type=int, default=200)
@@ -35,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="also score the untrained encoder the run started from, same data and protocol")
     knn.set_defaults(func=run_knn)
 
+
+def _add_linear(kinds: argparse._SubParsersAction) -> None:
     lin = kinds.add_parser("linear", help="linear probe on frozen, cached features",
                            description="Linear probe on frozen features. The RR protocol (the context-patch paper's): "
                            "--optimizer adam --lr 1e-3 --batch-size 128 --epochs 100 --no-standardize "
@@ -63,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="also score the untrained encoder the run started from, same data and protocol")
     lin.set_defaults(func=run_linear)
 
+
+def _add_finetune(kinds: argparse._SubParsersAction) -> None:
     ft = kinds.add_parser("finetune", help="fine-tune the whole encoder with a linear head",
                           description="Fine-tune the encoder + a linear head. --protocol auto picks vit for a ViT "
                           "run (MAE's fine-tune: AdamW, lr 5e-4 per 256 images of the global batch, wd 0.05, layer "

@@ -17,6 +17,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -232,17 +233,7 @@ def load_data(
     ``_pick_storage``). Images already held in memory by their loader
     (torchvision/IDX arrays of registered datasets) always stay in memory.
     """
-    require(storage in STORAGES, f"data.storage must be one of {', '.join(STORAGES)}, got {storage!r}")
-    require(isinstance(local_ranks, int) and not isinstance(local_ranks, bool) and local_ranks > 0,
-            f"local_ranks must be a positive integer, got {local_ranks!r}")
-    _positive("image_size", image_size)
-    _positive("subset", subset)
-    _positive("test_subset", test_subset)
-    require(0 < test_fraction < 1, f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
-    require(
-        isinstance(split_seed, int) and not isinstance(split_seed, bool),
-        f"data.split_seed must be an integer, got {split_seed!r}",
-    )
+    _check_load_args(storage, local_ranks, image_size, subset, test_subset, test_fraction, split_seed)
     try:
         source = resolve_source(name, root, download)
     except (OSError, pa.ArrowException) as exc:  # unreadable folder, corrupt Parquet file
@@ -250,14 +241,7 @@ def load_data(
             f"data.name={name}: cannot read the data ({exc}); check the files and their permissions"
         ) from None
     cache_root = cache_mod.cache_root(cache_dir)
-    train, test = source.train, source.test
-    if test is None:
-        train_idx, test_idx = saved_split(train, source.where, test_fraction, split_seed, cache_root)
-        train, test = train.take(train_idx), train.take(test_idx)
-    if subset is not None:
-        train = train.take(stratified_pick(train.labels, subset, split_seed * _SUBSET_SALT + 1))
-    if test_subset is not None:
-        test = test.take(stratified_pick(test.labels, test_subset, split_seed * _TEST_SUBSET_SALT + 2))
+    train, test = _pick_splits(source, subset, test_subset, test_fraction, split_seed, cache_root)
     size = image_size or source.default_size
     decode_size = source.native_size or size
     what, count, peak = f"data.name={name}", len(train) + len(test), max(size, source.native_size or 0)
@@ -282,6 +266,40 @@ def load_data(
         train_split, skipped, hist = _decode_cached(train, decode_size, f"{source.name}-train", cache_root)
         test_split, skipped_test, _ = _decode_cached(test, decode_size, f"{source.name}-test", cache_root)
     _report_skipped(source, skipped + skipped_test, len(train) + len(test))
+    return _finish_dataset(source, train_split, test_split, hist, size)
+
+
+def _check_load_args(storage: str, local_ranks: int, image_size: int | None, subset: int | None,
+                     test_subset: int | None, test_fraction: float, split_seed: int) -> None:
+    require(storage in STORAGES, f"data.storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    require(isinstance(local_ranks, int) and not isinstance(local_ranks, bool) and local_ranks > 0,
+            f"local_ranks must be a positive integer, got {local_ranks!r}")
+    _positive("image_size", image_size)
+    _positive("subset", subset)
+    _positive("test_subset", test_subset)
+    require(0 < test_fraction < 1, f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
+    require(
+        isinstance(split_seed, int) and not isinstance(split_seed, bool),
+        f"data.split_seed must be an integer, got {split_seed!r}",
+    )
+
+
+def _pick_splits(source: Any, subset: int | None, test_subset: int | None, test_fraction: float, split_seed: int,
+                 cache_root: Path) -> tuple[Any, Any]:
+    """Train and test image lists: the source's own test split or a saved seeded one, then the stratified subsets."""
+    train, test = source.train, source.test
+    if test is None:
+        train_idx, test_idx = saved_split(train, source.where, test_fraction, split_seed, cache_root)
+        train, test = train.take(train_idx), train.take(test_idx)
+    if subset is not None:
+        train = train.take(stratified_pick(train.labels, subset, split_seed * _SUBSET_SALT + 1))
+    if test_subset is not None:
+        test = test.take(stratified_pick(test.labels, test_subset, split_seed * _TEST_SUBSET_SALT + 2))
+    return train, test
+
+
+def _finish_dataset(source: Any, train_split: Split, test_split: Split, hist: Any, size: int) -> Dataset:
+    """Refuse empty splits, resize registered datasets in bulk, and measure the normalisation."""
     require(len(train_split) > 0, f"data.name: no readable training images in {source.where}")
     require(
         len(test_split) > 0, f"data.name: no readable test images in {source.where}; raise data.test_fraction"

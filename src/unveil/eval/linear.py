@@ -73,53 +73,18 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     at ±2 std and a zero bias (MAE's probe: 0.01); None keeps PyTorch's default initialisation.
     ``lr``: a number, or ``"mae-budget"`` (``mae_budget_lr`` of this probe's steps); the result's
     ``lr_used`` is the value used."""
-    if schedule not in SCHEDULES:
-        raise UserError(f"linear probe schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"linear probe optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs <= epochs:
-        raise UserError(f"linear probe warmup_epochs must be a number in [0, epochs={epochs}], got {warmup_epochs!r}")
-    if init_std is not None and (isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std <= 0):
-        raise UserError(f"linear probe init_std must be a number > 0 (or null: PyTorch's default), got {init_std!r}")
+    _check_probe_settings(schedule, optimizer, warmup_epochs, epochs, init_std)
     g = torch.Generator().manual_seed(seed)
     train_x, test_x = train_x.float(), test_x.float()
     if standardize:
         mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    torch.manual_seed(seed)
-    linear = nn.Linear(train_x.shape[1], num_classes)
-    if init_std is not None:  # MAE's main_linprobe.py: trunc_normal_(head.weight, std=0.01), zero bias
-        nn.init.trunc_normal_(linear.weight, std=float(init_std), a=-2 * init_std, b=2 * init_std)
-        nn.init.zeros_(linear.bias)
-    head: nn.Module = (nn.Sequential(nn.BatchNorm1d(train_x.shape[1], affine=False, eps=1e-6), linear) if head_bn
-                       else linear)
+    head, linear = _probe_head(train_x.shape[1], num_classes, seed, init_std, head_bn)
     steps_per_epoch = max(1, -(-len(train_x) // batch_size))
     total, warmup = epochs * steps_per_epoch, int(round(warmup_epochs * steps_per_epoch))
     lr = resolve_lr(lr, total, optimizer)
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    elif optimizer == "lars":
-        from ..optim import LARS
-
-        opt = LARS([{"params": [linear.weight], "lars": True},
-                    {"params": [linear.bias], "lars": False, "weight_decay": 0.0}],
-                   lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sched: torch.optim.lr_scheduler.LRScheduler
-    if warmup:  # MAE's util/lr_sched.py, per step: linear warm-up, then half a cosine to 0 (or constant)
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if schedule == "constant":
-                return 1.0
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    elif schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    opt = _probe_optimizer(head, linear, optimizer, lr, weight_decay)
+    sched = _probe_schedule(opt, schedule, warmup, total)
     history = []
     for epoch in range(1, epochs + 1):
         head.train()
@@ -138,3 +103,56 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     best = max(history, key=lambda r: r["top1"])
     return {"last_top1": history[-1]["top1"], "last_top5": history[-1]["top5"], "best_top1": best["top1"],
             "best_top5": best["top5"], "best_epoch": best["epoch"], "epochs": epochs, "lr_used": lr, "history": history}
+
+
+def _check_probe_settings(schedule: str, optimizer: str, warmup_epochs: float, epochs: int,
+                          init_std: float | None) -> None:
+    if schedule not in SCHEDULES:
+        raise UserError(f"linear probe schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"linear probe optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs <= epochs:
+        raise UserError(f"linear probe warmup_epochs must be a number in [0, epochs={epochs}], got {warmup_epochs!r}")
+    if init_std is not None and (isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std <= 0):
+        raise UserError(f"linear probe init_std must be a number > 0 (or null: PyTorch's default), got {init_std!r}")
+
+
+def _probe_head(dim: int, num_classes: int, seed: int, init_std: float | None,
+                head_bn: bool) -> tuple[nn.Module, nn.Linear]:
+    """The head (BatchNorm without affine first when ``head_bn``) and its linear layer, seeded."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(dim, num_classes)
+    if init_std is not None:  # MAE's main_linprobe.py: trunc_normal_(head.weight, std=0.01), zero bias
+        nn.init.trunc_normal_(linear.weight, std=float(init_std), a=-2 * init_std, b=2 * init_std)
+        nn.init.zeros_(linear.bias)
+    head: nn.Module = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if head_bn else linear
+    return head, linear
+
+
+def _probe_optimizer(head: nn.Module, linear: nn.Linear, optimizer: str, lr: float,
+                     weight_decay: float) -> torch.optim.Optimizer:
+    if optimizer == "sgd":
+        return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if optimizer == "lars":
+        from ..optim import LARS
+
+        return LARS([{"params": [linear.weight], "lars": True},
+                     {"params": [linear.bias], "lars": False, "weight_decay": 0.0}],
+                    lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def _probe_schedule(opt: torch.optim.Optimizer, schedule: str, warmup: int,
+                    total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if warmup:  # MAE's util/lr_sched.py, per step: linear warm-up, then half a cosine to 0 (or constant)
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)

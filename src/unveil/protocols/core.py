@@ -635,26 +635,36 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
                                                                  "augment", "preset")},
               **res, "settings": settings}
     if baseline:
-        out = run_dir / "finetune_untrained"
-        init = out / "untrained_backbone.safetensors"
-        cfg0 = _finetune_config(base, state, method, out, init, resolved, overrides, eval_data)
-
-        def write_untrained(path: Path) -> None:
-            """The encoder the run started from: rebuilt under its seed, as ``_features(untrained=True)``."""
-            from ..export import export_backbone
-
-            torch.manual_seed(base["train"]["seed"])
-            fresh = build_method_for(base, dataset_info=state.get("data_info"))
-            if base["train"].get("init_backbone"):
-                from ..runs.weights import load_backbone_weights
-
-                load_backbone_weights(fresh.backbone, base["train"]["init_backbone"])
-            export_backbone(fresh.backbone, path, base)
-
-        res0 = _run_finetune(out, cfg0, {**settings, "step": 0, "untrained": True}, epochs, write_untrained)
-        result["untrained"] = {k: v for k, v in res0.items() if k not in ("history", "note")}
+        result["untrained"] = _finetune_untrained(run_dir, base, state, method, resolved, overrides, eval_data,
+                                                  settings, epochs)
     result["saved"] = str(_save(run_dir, "finetune", result))
     return result
+
+
+def _finetune_untrained(run_dir: Path, base: dict[str, Any], state: dict[str, Any], method: torch.nn.Module,
+                        resolved: dict[str, Any], overrides: list[str] | None, eval_data: str | None,
+                        settings: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The same fine-tune from the encoder the run started from, in ``RUN/finetune_untrained``."""
+    from ..build import build_method_for
+
+    out = run_dir / "finetune_untrained"
+    init = out / "untrained_backbone.safetensors"
+    cfg0 = _finetune_config(base, state, method, out, init, resolved, overrides, eval_data)
+
+    def write_untrained(path: Path) -> None:
+        """The encoder the run started from: rebuilt under its seed, as ``_features(untrained=True)``."""
+        from ..export import export_backbone
+
+        torch.manual_seed(base["train"]["seed"])
+        fresh = build_method_for(base, dataset_info=state.get("data_info"))
+        if base["train"].get("init_backbone"):
+            from ..runs.weights import load_backbone_weights
+
+            load_backbone_weights(fresh.backbone, base["train"]["init_backbone"])
+        export_backbone(fresh.backbone, path, base)
+
+    res0 = _run_finetune(out, cfg0, {**settings, "step": 0, "untrained": True}, epochs, write_untrained)
+    return {k: v for k, v in res0.items() if k not in ("history", "note")}
 
 
 def evaluate_monitor(run: str | Path, metric: str = "test") -> dict[str, Any]:
