@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from unveil import cli
 from unveil.config import resolve
 from unveil.errors import UserError
+from unveil.methods.base import Method
 from unveil.viz import activations as act
 from unveil.viz import preview
 from unveil.viz.grid import labelled_grid
@@ -33,7 +34,7 @@ class _MapBackbone(nn.Module):
         return (pooled, fmap) if return_map else pooled
 
 
-class _Method(nn.Module):
+class _Method(Method):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone

@@ -11,6 +11,7 @@ from unveil import methods
 from unveil.build import backbone_config
 from unveil.config import resolve
 from unveil.errors import UserError
+from unveil.methods.base import Method
 from unveil.optim import LARS, build_optimizer, default_param_groups, param_groups, set_lr
 from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
@@ -22,7 +23,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
 
 
-class _Tiny(nn.Module):
+class _Tiny(Method):
     """A linear regressor on pixels: no BatchNorm, no random views, so the gradient of a batch is
     the mean of its halves' gradients (the property accumulation must keep)."""
 

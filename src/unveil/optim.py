@@ -63,8 +63,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     (``lars`` defaults to the weight-decay flag: LARS adapts only decayed groups); every trainable
     parameter must be in exactly one group. ``weight_decay: True`` means ``train.weight_decay``.
     """
-    custom = getattr(model, "param_groups", None)
-    groups = [dict(g) for g in custom()] if callable(custom) else default_param_groups(model)
+    hook = getattr(model, "param_groups", None)  # any module: a method's contract hook returns None for the default
+    custom = hook() if callable(hook) else None
+    groups = [dict(g) for g in custom] if custom is not None else default_param_groups(model)
     seen: set[int] = set()
     for i, g in enumerate(groups):
         g["params"] = [p for p in g["params"] if p.requires_grad]

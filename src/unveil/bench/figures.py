@@ -49,7 +49,7 @@ def reconstruction(p: Planned, path: Path) -> Path | None:
     if path.is_file() or pretrain_state(p.run_dir) != "done":
         return path if path.is_file() else None
     method, _, _ = load_run(p.run_dir, load_data=False)
-    if not hasattr(method, "reconstruct"):
+    if not method.implements("reconstruct"):
         return None
     from ..build import load_dataset_for
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = [load_run(r, load_data=(i == 0 and args.data is None)) for i, r in enumerate(runs)]
     method0, cfg0, dataset = loaded[0]
     if args.data is not None:
-        size = getattr(getattr(method0, "data_info", None), "image_size", None) or cfg0["data"].get("image_size")
+        size = getattr(method0.data_info, "image_size", None) or cfg0["data"].get("image_size")
         dataset = load_data(args.data, image_size=size, subset=max(args.n, 64), test_subset=max(args.n, 64))
     split = dataset.test if len(dataset.test.images) else dataset.train
     images = _pick(split.images, args.n, args.seed)

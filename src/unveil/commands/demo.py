@@ -138,11 +138,11 @@ def _figures(out: Path, method: Any, dataset: Any, results: list[dict[str, Any]]
 
     sample = dataset.test.images[:10]
     figures = []
-    if callable(getattr(method, "views", None)):  # SimCLR's normalised views; the autoencoders' are in [0, 1]
+    if method.has_views:  # SimCLR's normalised views; the autoencoders' are in [0, 1]
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             views = [method.views(sample, g), method.views(sample, g)]
-        info = getattr(method, "data_info", None)
+        info = method.data_info
         mean, std = (info.mean, info.std) if info is not None else ((0.0,) * 3, (1.0,) * 3)
         figures.append(plot_views(sample, views, out / "views.png", mean, std, normalized=info is not None))
     figures.append(plot_knn_bars(pixels["top1"], {r["label"]: {"untrained": r["untrained"]["knn"]["top1"],

@@ -120,8 +120,7 @@ def _headline(run: str) -> tuple[str, str]:
         name = str(read_config(resolve_run(run)[0])["method"]["name"])
     except (OSError, KeyError, TypeError, UserError):  # a run without a readable config: no note
         return "", ""
-    cls = methods.METHODS.get(name) if name in methods.available() else None
-    return name, str(getattr(cls, "headline_protocol", "") or "")
+    return name, methods.METHODS[name].headline_protocol if name in methods.METHODS else ""
 
 
 def _print(result: dict, headline: tuple[str, str] = ("", "")) -> None:

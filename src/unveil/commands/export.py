@@ -21,9 +21,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir, _ = resolve_run(args.run)
     method, cfg, _ = load_run(args.run, load_data=False)
     out = Path(args.output) if args.output else run_dir / "backbone.safetensors"
-    spec = getattr(method, "backbone_spec", None)
-    export_backbone(method.backbone, out, {**cfg, "backbone": spec or cfg["backbone"]},
-                    eval_filter=getattr(method, "eval_filter", None))
+    export_backbone(method.backbone, out, {**cfg, "backbone": method.backbone_spec or cfg["backbone"]},
+                    eval_filter=method.eval_filter)
     print(f"unveil: exported {type(method.backbone).__name__} weights to {out}")
     timm_args = getattr(method.backbone, "timm_kwargs", None)
     if callable(timm_args):
@@ -31,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         args_text = ", ".join(f"{k}={v!r}" for k, v in kw.items() if k != "model_name")
         print(f"unveil: a timm ViT: timm.create_model({kw['model_name']!r}, {args_text}).load_state_dict("
               f"safetensors.torch.load_file('{out}'), strict=True), or unveil.export.timm_model('{out}')")
-    if getattr(method, "eval_filter", None):
+    if method.eval_filter:
         print(f"unveil: this encoder was trained on filtered inputs ({json.dumps(method.eval_filter)}, recorded in the "
               f"file's metadata): apply unveil.export.input_filter('{out}') to normalised images before it")
     return 0

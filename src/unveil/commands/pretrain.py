@@ -43,7 +43,7 @@ def _method_recipe(name: str | None) -> str | None:
 
     if not name or name not in methods.available():
         return None  # an unknown name gets its one line from the method registry
-    recipe = getattr(methods.METHODS[name], "default_recipe", None)
+    recipe = methods.METHODS[name].default_recipe
     if recipe:
         print(f"unveil: --method {name} without --recipe: starting from the recipe {recipe} (its backbone, optimizer "
               "and schedule); --data, --epochs and KEY=VALUE apply on top")

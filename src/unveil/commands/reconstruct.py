@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     images = _test_images(dataset, args.n, args.seed)
     reconstruction_grid(method, images, torch.Generator().manual_seed(args.seed), args.output)
     print(f"wrote {args.output}")
-    if getattr(method, "norm_pix_loss", False):
+    if method.norm_pix_loss:
         print("unveil: rows: masked input | reconstruction | original. The model predicts each masked patch's "
               "normalised pixels (norm_pix_loss), drawn with the true patch's mean and variance (as MAE's figures "
               "do): the shapes inside a patch are the model's, its mean colour and contrast are not")

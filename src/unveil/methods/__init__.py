@@ -68,6 +68,11 @@ def register(name: str, summary: str = "", paper: str = "") -> Callable[[type], 
     ``summary`` and ``paper`` feed ``methods_table`` (the README's table of what exists)."""
 
     def deco(cls: type) -> type:
+        from .base import Method
+
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"method '{name}': {cls!r} must subclass unveil.methods.base.Method (the method contract)")
+        cls.registered_name = name
         METHODS.add(name, cls)
         doc_line = (cls.__doc__ or "").strip().split("\n")[0]
         ABOUT[name] = (summary or doc_line, paper)

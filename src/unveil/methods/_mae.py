@@ -20,6 +20,7 @@ from ..corruptions.patch_mask import random_token_masking
 from ..errors import UserError
 from ..param_groups import default_param_groups
 from ..views import eval_transform
+from .base import Method
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:
@@ -138,7 +139,7 @@ def _denormalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch
     return lambda t: (t * s + m).clamp(0, 1)
 
 
-class MaskedImageModel(nn.Module):
+class MaskedImageModel(Method):
     """What MAE and MV-MAE do alike outside training: the evaluation input, the pooled feature and the
     reconstruction figure. Subclasses set ``backbone``, ``decoder``, ``data_info``, ``mask_ratio``,
     ``norm_pix_loss`` and ``embed_how`` ("cls" or "mean")."""

@@ -34,6 +34,7 @@ from ..tensors import no_autocast, rand
 from ..views import eval_transform, ops
 from . import register
 from ._common import reject_unknown_settings
+from .base import Method
 
 
 class PatchDecoder(nn.Module):
@@ -84,7 +85,7 @@ def augment_images(x: Tensor, generator: torch.Generator, padding: int = 4, degr
 
 
 @register("context_patch_ae", summary="reconstruct each patch from its 8 neighbours' embeddings (or from itself: the simple AE)", paper="2 Context-patch AE")
-class ContextPatchAE(nn.Module):
+class ContextPatchAE(Method):
     """Reconstruct each patch from its 8 neighbours' tower embeddings (or from itself: simple)."""
 
     def __init__(self, backbone: nn.Module | None = None, data_info: Any = None, tower: str | None = None,

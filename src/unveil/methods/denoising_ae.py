@@ -31,6 +31,7 @@ from ..errors import require
 from ..views import ViewPipeline, eval_transform, view_preset
 from . import register
 from ._common import reject_unknown_settings
+from .base import Method
 
 # The registered corruptions this method trains with, and which ``method.*`` setting feeds each of
 # their parameters; ``none`` (a plain autoencoder) is this method's own option, not a corruption.
@@ -46,7 +47,7 @@ for _name, _settings in CORRUPTION_SETTINGS.items():  # a renamed corruption or 
 
 
 @register("denoising_ae", summary="ResNet autoencoder that undoes a corruption: paired-image overlay, random pixel mask, AutoAugment, or none (plain AE)", paper="1 Paired image overlay")
-class DenoisingAE(nn.Module):
+class DenoisingAE(Method):
     """ResNet autoencoder trained to undo a corruption (overlay, pixel mask, AutoAugment, none)."""
 
     def __init__(self, backbone: nn.Module | None = None, data_info: Any = None, arch: str = "resnet50",

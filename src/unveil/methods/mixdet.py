@@ -55,6 +55,7 @@ from ._moco import (
     moco_views,
 )
 from ._siamese import copy_pairs_, ema_update_pairs_, momentum_copy
+from .base import Method
 
 
 def box_pool(proj_map: Tensor, box: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -86,7 +87,7 @@ _KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, hea
 @register("mixdet", summary="MoCo + CutMix mixtures whose in-box / out-of-box regions are contrasted as local / global "
           "crops (approach 2: within-batch, the official code; approach 1: between the two views)",
           paper="Lam 2022 (MixDet)")
-class MixDet(nn.Module):
+class MixDet(Method):
     """MixDet Approach 2 (within the mini-batch) or Approach 1 (between branches), methods.md 5.3-5.4."""
 
     ddp_broadcast_buffers = False  # the queues are gathered from every rank by the queues themselves

@@ -36,6 +36,7 @@ from ._moco import (
     moco_views,
 )
 from ._siamese import copy_pairs_, ema_update_pairs_
+from .base import Method
 
 # ---------------------------------------------------------------------------------------------
 
@@ -45,7 +46,7 @@ _MOCO_KNOWN = ("head, embed, proj_dim, proj_hidden_dim, momentum, queue_size, te
 
 @register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix or unmix adds Un-Mix's within-batch mixing "
           "(paper 5's base and its MoCo + CutMix / + Un-Mix baselines)", paper="He et al. 2020; Shen et al. 2022 (Un-Mix)")
-class MoCo(nn.Module):
+class MoCo(Method):
     """MoCo with an optional Un-Mix / CutMix mixed-query term (methods.md 5.1, 5.2, 5.5)."""
 
     ddp_broadcast_buffers = False  # the queue is gathered from every rank by the queue itself

@@ -19,10 +19,11 @@ from ..views import ViewPipeline, default_preset_for, eval_transform, view_prese
 from . import DataInfo, register
 from ._heads import mlp
 from ._masking import branch_views, build_masker, eval_filter_of, input_filter, masked_pair, mean_over_pairs
+from .base import Method
 
 
 @register("simclr", summary="two augmented views, projection MLP, NT-Xent (the contrastive baseline of papers 4 and 5)", paper="Chen et al. 2020 (baseline)")
-class SimCLR(nn.Module):
+class SimCLR(Method):
     sync_batchnorm = True  # the projector's BN sees the global batch on several GPUs, as in the paper
     def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
                  proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,

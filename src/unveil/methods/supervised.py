@@ -33,10 +33,11 @@ from . import DataInfo, register
 from ._finetune_aug import parse_rand_augment, rand_augment, random_erasing
 from ._masking import check_input_filter
 from ._masking import input_filter as make_input_filter
+from .base import Method
 
 
 @register("supervised", summary="backbone + linear head, cross-entropy: the supervised baseline and the fine-tuning protocol", paper="baseline of paper 1")
-class Supervised(nn.Module):
+class Supervised(Method):
     needs_labels = True  # the engine refuses unlabelled data in one line instead of a cross-entropy trace
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,

@@ -298,9 +298,8 @@ def head_embedder(method: torch.nn.Module, name: str) -> Callable[[torch.Tensor]
     output of MoCo's query head, methods.md 5.1): the method's ``embed_head`` (MoCo and MixDet: the
     query head; SimCLR: its 128-d projection; BYOL: its 256-d projection, not the predictor); methods
     without one fail in one line."""
-    own = getattr(method, "embed_head", None)
-    if callable(own):
-        return own
+    if method.implements("embed_head"):
+        return method.embed_head
     raise UserError(f"kNN with features=head: method {name} has no projection head to embed with (moco, mixdet, "
                     "simclr and byol have one): use features=backbone")
 
@@ -497,14 +496,14 @@ def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, o
     """The supervised run that is the fine-tune of ``init``'s weights with the resolved settings ``s``."""
     from ..config import merge, parse_overrides, validate
 
-    spec = getattr(method, "backbone_spec", None) or base["backbone"]
+    spec = method.backbone_spec or base["backbone"]
     cfg = merge(base, {"out": str(out)})
     if eval_data is not None:
         size = (state.get("data_info") or {}).get("image_size") or base["data"]["image_size"]
         cfg["data"].update({"name": str(eval_data), "image_size": size, "subset": None, "test_subset": None})
-    cfg["method"] = {"name": "supervised", "normalize": bool(getattr(method, "normalized_inputs", True)),
+    cfg["method"] = {"name": "supervised", "normalize": method.normalized_inputs,
                      "augment": bool(s["augment"])}
-    if getattr(method, "eval_filter", None) is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
+    if method.eval_filter is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
         cfg["method"]["input_filter"] = method.eval_filter
     for key in ("layer_decay", "mixup", "cutmix", "label_smoothing", "rand_augment",
                 "random_erasing"):  # only when on: old configs stay equal
@@ -512,7 +511,7 @@ def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, o
             cfg["method"][key] = s[key]
     cfg["backbone"] = dict(spec)
     if "drop_path" in s:  # one line before any training when a ViT option meets another backbone
-        vit = callable(getattr(getattr(method, "backbone", None), "forward_tokens", None)) or is_vit_config(
+        vit = callable(getattr(method.backbone, "forward_tokens", None)) or is_vit_config(
             {"backbone": spec})
         for key in ("drop_path", "layer_decay", "global_pool"):
             require(vit or not s.get(key), f"{key.replace('_', ' ')} ({s.get(key)}) needs a ViT backbone; this run's "

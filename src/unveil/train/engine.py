@@ -178,14 +178,13 @@ def _build_model(run: _Run) -> None:
     torch.manual_seed(t["seed"])
     _, run.stem_note = backbone_config(run.cfg["backbone"], run.dataset.image_size)
     name = run.cfg["method"]["name"]
-    require(run.labelled or not getattr(method_registry.METHODS[name], "needs_labels", False),
+    require(run.labelled or not method_registry.METHODS[name].needs_labels,
             f"method {name} trains on labels, but {run.dataset.name} has none (a folder without class folders): "
             "give a folder of class folders, or use a self-supervised method such as simclr")
     method = build_method_for(run.cfg, run.dataset)
     if t["init_backbone"]:
         load_backbone_weights(method.backbone, t["init_backbone"])
-        if callable(getattr(method, "reset_targets", None)):
-            method.reset_targets()  # momentum copies (BYOL's target, MoCo's key encoder) start from the loaded weights
+        method.reset_targets()  # momentum copies (BYOL's target, MoCo's key encoder) start from the loaded weights
     if t["freeze_backbone"]:
         method.backbone.requires_grad_(False)
     method.to(run.device)
@@ -195,7 +194,7 @@ def _build_model(run: _Run) -> None:
     model: nn.Module = method
     sync_bn = t["sync_batchnorm"]
     if sync_bn == "auto":
-        sync_bn = bool(getattr(method, "sync_batchnorm", False)) and run.device.type == "cuda"
+        sync_bn = method.sync_batchnorm and run.device.type == "cuda"
     if sync_bn and run.world > 1:
         require(run.device.type == "cuda", "train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU "
                 "path): on CPU set it to false, or use method.bn_splits where the method has it")
@@ -205,7 +204,7 @@ def _build_model(run: _Run) -> None:
         ids = [dist.local_rank()] if run.device.type == "cuda" else None
         # methods whose buffers differ per rank by design (or are kept equal by the method, as MoCo's
         # gathered queue) say so: DDP would otherwise overwrite them with rank 0's every step
-        sync = getattr(method, "ddp_broadcast_buffers", True)
+        sync = method.ddp_broadcast_buffers
         # torch >= 2.14 names it forward_sync_buffers (buffers still agree at start: the same seed)
         key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else "broadcast_buffers")
@@ -349,7 +348,7 @@ def _checkpoint(run: _Run) -> None:
 
 def _loop(run: _Run) -> None:
     t = run.t
-    after_step = getattr(run.method, "after_optimizer_step", None)
+    after_step = run.method.after_optimizer_step
     progress = run.logger.progress(run.total_steps, initial=run.step, show=t["progress"])
     run.model.train()
     tick, seen = time.perf_counter(), 0
@@ -360,8 +359,7 @@ def _loop(run: _Run) -> None:
             lr = lr_at(run.step, run.total_steps, run.steps_per_epoch, run.base_lr, t)
             loss, out = _train_step(run, images, labels, lr)
             run.step += 1
-            if after_step is not None:
-                after_step(run.step, run.total_steps)
+            after_step(run.step, run.total_steps)
             seen += images.shape[0] * run.world
             if run.step % t["log_every_steps"] == 0 or run.step == run.total_steps:
                 loss_value = float(dist.all_reduce_mean(loss.float()))

@@ -82,7 +82,7 @@ def unlabelled_figures(method: nn.Module, dataset: Any, t: dict[str, Any], devic
     row: dict[str, Any] = {"figures": name}
     if untrained:
         return row
-    if hasattr(method, "reconstruct"):
+    if method.implements("reconstruct"):
         from ..viz.reconstruct import reconstruction_grid
 
         reconstruction_grid(method, queries.to(device), torch.Generator(device=device).manual_seed(0),

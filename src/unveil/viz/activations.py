@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import UserError, require
+from ..methods.base import Method
 from .grid import labelled_grid, to_display
 
 matplotlib.use("Agg")
@@ -34,9 +35,9 @@ matplotlib.use("Agg")
 
 def backbone_input(method: nn.Module, images: Tensor) -> Tensor:
     """What ``method.embed(images)`` feeds ``method.backbone`` (captured by a pre-hook)."""
-    backbone = getattr(method, "backbone", None)
-    require(isinstance(backbone, nn.Module) and hasattr(method, "embed"),
-            f"method {type(method).__name__} has no backbone and embed(): no activation map to draw")
+    require(isinstance(method, Method),
+            f"{type(method).__name__} is not an unveil method: it has no backbone and embed() to draw activations of")
+    backbone = method.backbone  # the contract: every method has a backbone and embed()
     seen: list[Tensor] = []
     handle = backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0]) if not seen else None)
     try:

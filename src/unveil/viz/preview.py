@@ -201,7 +201,7 @@ def render_branch_views(method: nn.Module, images: Tensor, mean: Sequence[float]
     """The grid of ``method.branch_views(images, generator)``: the clean images, then one row per
     branch input (normalised rows shown by undoing ``mean``/``std``, high-passed rows with zero as
     grey, scaled by the row's 99th percentile of |x|)."""
-    require(hasattr(method, "branch_views"),
+    require(method.implements("branch_views"),
             f"method {type(method).__name__} has no branch_views(): it cannot show what its branches see "
             "(preview its corruption instead: unveil preview --list)")
     generator = torch.Generator().manual_seed(seed)

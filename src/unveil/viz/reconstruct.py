@@ -27,7 +27,7 @@ def reconstruction_grid(method: nn.Module, images: Tensor, generator: torch.Gene
     """Write the figure for a uint8 batch ``images`` to ``path`` (PNG, atomically); return the grid
     as a float (3, H, W) tensor in [0, 1]. Small images are enlarged (nearest, an integer factor)
     to at least ``min_side`` pixels, so 32 px tiles stay legible."""
-    require(hasattr(method, "reconstruct"),
+    require(method.implements("reconstruct"),
             f"method {type(method).__name__} cannot reconstruct images: use a denoising_ae or context_patch_ae run")
     was_training = method.training
     method.eval()
