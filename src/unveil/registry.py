@@ -55,6 +55,10 @@ class Registry(Mapping[str, T]):
             raise RuntimeError(f"{self.kind} name '{name}' registered twice: {_origin(old)} and {_origin(entry)}")
         self._entries[name] = entry
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a test's or a plugin's temporary entry); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def discover(self) -> None:
         """Import every public module of the package (once), which runs their decorators."""
         if self._discovered:
