@@ -79,7 +79,7 @@ def test_asymmetric_loss_is_one_direction():
 
 def test_embed_is_the_backbone_on_the_eval_view_and_presets_are_byols():
     method = tiny_byol()
-    assert method.views.cfg.jitter == (0.4, 0.4, 0.2, 0.1)  # BYOL's colour jitter (methods.md 3.2)
+    assert method.views.cfg.jitter == (0.4, 0.4, 0.2, 0.1)  # BYOL's colour jitter (docs/design.md 3.2)
     assert method.eval_filter is None
     method.eval()
     assert method.embed(images()).shape == (8, 16)

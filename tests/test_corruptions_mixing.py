@@ -52,7 +52,7 @@ def test_random_token_masking_exact_count(n, ratio, seed):
 
 def test_random_token_masking_mae_counts_and_seeding():
     m = random_token_masking(2, 196, 0.8, gen(0))
-    assert m.ids_keep.shape[1] == 39  # methods.md 4.2: 39 of 196 kept
+    assert m.ids_keep.shape[1] == 39  # docs/design.md 4.2: 39 of 196 kept
     assert random_token_masking(2, 100, 0.9, gen(0)).ids_keep.shape[1] == 10  # no float round-off loss
     assert torch.equal(m.mask, random_token_masking(2, 196, 0.8, gen(0)).mask)
     assert not torch.equal(m.mask, random_token_masking(2, 196, 0.8, gen(1)).mask)

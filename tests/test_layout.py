@@ -10,6 +10,7 @@ by importing every module of the corruptions and views in a fresh interpreter (w
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,17 @@ def test_no_function_in_src_is_longer_than_a_screen():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "split these: " + "; ".join(long)
+
+
+def test_src_cites_only_documents_in_the_repository():
+    """Design citations point at docs/design.md, and every section cited there exists."""
+    design = (SRC.parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^\*\*(\d+\.\d+) ", design, flags=re.M)) | set(re.findall(r"^## (\d+)\. ", design, flags=re.M))
+    cited: set[str] = set()
+    for path in sorted(SRC.rglob("*")):
+        if path.suffix not in (".py", ".yaml"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "methods.md" not in text, f"{path.relative_to(SRC)} cites methods.md, which is not in the repository"
+        cited |= set(re.findall(r"docs/design\.md §?(\d+(?:\.\d+)?)", text))
+    assert len(cited) >= 20 and not cited - sections, f"sections cited but absent: {sorted(cited - sections)}"

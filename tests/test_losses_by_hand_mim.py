@@ -1,10 +1,10 @@
 """Losses computed BY HAND from the papers' equations on a tiny batch, against the methods' own loss
 (issue #17 item 2: no installable reference exists for these three).
 
-* MV-MAE (methods.md 4.2, paper 3): ``L = ½ (L_rec(v1) + L_rec(v2)) + λ · NT-Xent(g(h1), g(h2))``;
+* MV-MAE (docs/design.md 4.2, paper 3): ``L = ½ (L_rec(v1) + L_rec(v2)) + λ · NT-Xent(g(h1), g(h2))``;
   ``L_rec`` is MAE's norm-pix MSE on the masked patches only; h_k the class token of view k.
-* Overlay denoising AE (methods.md 1.2, paper 1): ``MSE(f_d(f_e(a·x_j + (1 − a)·x_i)), x_i)``.
-* Context-patch AE (methods.md 2.2-2.3, paper 2): each patch reconstructed from the concatenated
+* Overlay denoising AE (docs/design.md 1.2, paper 1): ``MSE(f_d(f_e(a·x_j + (1 − a)·x_i)), x_i)``.
+* Context-patch AE (docs/design.md 2.2-2.3, paper 2): each patch reconstructed from the concatenated
   embeddings of its 8 neighbours (raster order NW, N, NE, W, E, SW, S, SE; zero patches outside the
   grid); MSE.
 

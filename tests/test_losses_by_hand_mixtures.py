@@ -10,7 +10,7 @@ spies, so both sides use the same ones) and writes the maths out itself, followi
 * the key: the key encoder on the shuffled view, unshuffled after (MoCo's shuffle-BN);
 * MixDet's ``crop_and_upsample`` (models/detmix.py): a 1x1 conv, bilinear upsampling to the image size,
   the mean inside the box (local) and the sum outside it over the outside area (global), each normalised.
-Equations: Un-Mix (methods.md 5.2, szq0214/Un-Mix unmix_c10.py, asymmetric and symmetric), MixDet
+Equations: Un-Mix (docs/design.md 5.2, szq0214/Un-Mix unmix_c10.py, asymmetric and symmetric), MixDet
 Approach 2 = Eq. 8 as p-lam/mix-ssl run_detmix.py + models/detmix.py compute it (5.3, including the
 explicit forward of the reversed mixture), Approach 1 = Eq. 7 with G<->G as its third term (5.4).
 Split BatchNorm (2 splits of 4) is on, as in the papers' CIFAR recipe.
@@ -130,7 +130,7 @@ def query_with_map(method: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return method.head(pooled), fmap
 
 
-# ---- Un-Mix (methods.md 5.2) ----
+# ---- Un-Mix (docs/design.md 5.2) ----
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("prob", [1.0, 0.0], ids=["global", "region"])
@@ -166,7 +166,7 @@ def test_unmix_loss_equals_unmix_c10_by_hand(monkeypatch, symmetric, prob):
     assert torch.equal(method.queue.keys[n:], queue[n:])
 
 
-# ---- MixDet Approach 2 (methods.md 5.3, Eq. 8) ----
+# ---- MixDet Approach 2 (docs/design.md 5.3, Eq. 8) ----
 
 def test_mixdet_approach2_loss_equals_eq8_as_the_official_code(monkeypatch):
     method = make("mixdet", approach=2)
@@ -196,7 +196,7 @@ def test_mixdet_approach2_loss_equals_eq8_as_the_official_code(monkeypatch):
     assert torch.allclose(method.local_queue.keys[:B], lk, atol=1e-6)
 
 
-# ---- MixDet Approach 1 (methods.md 5.4, Eq. 7) ----
+# ---- MixDet Approach 1 (docs/design.md 5.4, Eq. 7) ----
 
 def test_mixdet_approach1_loss_equals_eq7_by_hand(monkeypatch):
     method = make("mixdet", approach=1)

@@ -1,4 +1,4 @@
-"""MixDet (methods.md 5.3, 5.4): one step per approach on a tiny batch (loss, gradients, the two or
+"""MixDet (docs/design.md 5.3, 5.4): one step per approach on a tiny batch (loss, gradients, the two or
 three queues, EMA), and every pairing traced by index on images whose pixels name their image."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_approach2_mixtures_and_positives_by_index(monkeypatch):
     assert ids[3] == same                               # L_GG: outside = x1[i] <-> k(x2[i])
     assert ids[1][1] == ids[4][1] == same[1]            # L_m, L_m^R: against k of image i
     # the reverse G/L terms: the reversed mixture's queries against the unchanged keys, as the
-    # official code (methods.md 5.3 correctness note: other images' keys, which is what makes them
+    # official code (docs/design.md 5.3 correctness note: other images' keys, which is what makes them
     # differ from the forward terms)
     assert ids[5] == (rev[0], same[1])                  # L_GG^R: outside = x1[B−1−i] <-> k(x2[i])
     assert ids[6] == (same[0], rev[1])                  # L_LL^R: inside = x1[i] <-> inside = x2[B−1−i]

@@ -1,4 +1,4 @@
-"""MoCo (methods.md 5.1, 5.2, 5.5): one step on a tiny batch (loss, gradients, queue, EMA), Un-Mix's
+"""MoCo (docs/design.md 5.1, 5.2, 5.5): one step on a tiny batch (loss, gradients, queue, EMA), Un-Mix's
 pairing traced by index on hand-built images, the split-BN batch check, kill -9 + --resume."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ResNet autoencoder of Horizon2333/imagenet-autoencoder, which the overlay paper trains.
 
-Layer for layer as the reference (design/methods.md §1.3): a post-activation encoder whose
+Layer for layer as the reference (docs/design.md §1.3): a post-activation encoder whose
 downsampling bottlenecks put the stride in their *first 1x1* conv, and a mirrored pre-activation
 decoder without a ReLU after the residual sum, which upsamples with stride-2 transposed convs
 (a 1x1 transposed conv zero-inserts: a checkerboard the reference has; ``upsample="nearest"``

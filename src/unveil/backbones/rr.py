@@ -1,4 +1,4 @@
-"""The small towers of Patacchiola & Storkey's relational reasoning code (design/methods.md §2.2).
+"""The small towers of Patacchiola & Storkey's relational reasoning code (docs/design.md §2.2).
 
 The context-patch autoencoder encodes 8x8 patches with these: a CIFAR-style ResNet-32 (three
 stages of basic blocks, channels 16/32/64) and Conv4 (four conv-BN-ReLU-avgpool blocks), both

@@ -1,4 +1,4 @@
-"""AutoAugment (OverlayAE baseline, methods.md 1.2): torchvision's policies, per image, batched.
+"""AutoAugment (OverlayAE baseline, docs/design.md 1.2): torchvision's policies, per image, batched.
 
 torchvision's ``AutoAugment`` draws one sub-policy (and one apply/sign decision per op) for the
 whole tensor it is given, from the global RNG. Here every image gets its own draws, all from the

@@ -1,10 +1,10 @@
-"""Context patches (ContextPatchAE, methods.md 2.1): a G×G grid of patches and each one's 8 neighbours.
+"""Context patches (ContextPatchAE, docs/design.md 2.1): a G×G grid of patches and each one's 8 neighbours.
 
 The autoencoder reconstructs a target patch from its 8 neighbours, concatenated in a fixed order
 (NW, N, NE, W, E, SW, S, SE) so the embedding knows where each came from. Neighbours outside the
 grid are zero patches. ``neighbour_index`` is the fixed (G·G, 8) gather table, with index G·G
 meaning "the zero patch", so a method can encode the G·G real patches once plus one zero patch
-and gather the rest (methods.md 2.4).
+and gather the rest (docs/design.md 2.4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image mixtures (Un-Mix and MixDet, methods.md 5.2-5.4): CutMix boxes and within-batch mixing.
+"""Image mixtures (Un-Mix and MixDet, docs/design.md 5.2-5.4): CutMix boxes and within-batch mixing.
 
 One box per batch (as the official code), held as a (4,) long tensor ``(y1, y2, x1, x2)`` on the
 generator's device: rows y1:y2, columns x1:x2. Pasting uses a broadcast box mask and

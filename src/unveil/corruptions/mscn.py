@@ -1,4 +1,4 @@
-"""Masked Siamese ConvNets (MSCN, methods.md 3.3-3.5): high-pass filter, grid/focal masks, noise fill.
+"""Masked Siamese ConvNets (MSCN, docs/design.md 3.3-3.5): high-pass filter, grid/focal masks, noise fill.
 
 Pipeline per masked view: ``x_hp = x − blur_σ(x)`` (after the standard views and normalisation),
 then a spatial mask (focal with probability ``p_focal``, else a random grid mask), drawn
@@ -199,7 +199,7 @@ def _check_focal_scale(scale: Any) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """One branch's MSCN masking settings (defaults: methods.md 3.4-3.5, branch A)."""
+    """One branch's MSCN masking settings (defaults: docs/design.md 3.4-3.5, branch A)."""
 
     p_apply: float = 1.0  # probability that an image is masked at all
     p_focal: float = 0.4  # focal mask, else random grid mask (Table 8 best)

@@ -1,4 +1,4 @@
-"""MSCN's two-branch masker (methods.md 3.5): asymmetric per-branch configs and multimasks.
+"""MSCN's two-branch masker (docs/design.md 3.5): asymmetric per-branch configs and multimasks.
 
 Masks must go on two *different* augmented views (Table 7). Branch A masks view 1 and branch B
 masks view 2, each with its own `MaskConfig` (default asymmetry: p_apply 1.0 vs 0.5, noise std

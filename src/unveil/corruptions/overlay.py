@@ -1,4 +1,4 @@
-"""Paired image overlay (OverlayAE, methods.md 1.2): blend each image with a partner from the batch.
+"""Paired image overlay (OverlayAE, docs/design.md 1.2): blend each image with a partner from the batch.
 
 ``x̂_i = a·x_j + (1 − a)·x_i`` with a < 0.5, so the image x_i still dominates; the target of the
 autoencoder is the clean x_i. a = 0 is the identity (a plain autoencoder).

@@ -1,4 +1,4 @@
-"""Token (patch) masking for masked autoencoders (MV-MAE, methods.md 4.2 step 2).
+"""Token (patch) masking for masked autoencoders (MV-MAE, docs/design.md 4.2 step 2).
 
 ``random_token_masking`` is MAE's ``random_masking``: per-sample uniform noise, argsort, keep the
 first ``int(N·(1 − r))`` tokens of the shuffle. The mask (1 = masked) is in the original token

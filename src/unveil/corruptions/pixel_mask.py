@@ -1,4 +1,4 @@
-"""Random pixel mask (OverlayAE baseline, methods.md 1.2): zero m % of the pixels.
+"""Random pixel mask (OverlayAE baseline, docs/design.md 1.2): zero m % of the pixels.
 
 "Pixels" are spatial locations: one Bernoulli(ratio) draw per location, shared by all channels.
 """

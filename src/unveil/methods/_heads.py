@@ -22,7 +22,7 @@ PROJECTORS = ("mlp2", "mocov3")
 
 
 def build_projector(kind: str, in_dim: int, hidden: int, out: int) -> nn.Sequential:
-    """``mlp2``: Linear-BN-ReLU-Linear (methods.md 4.2); ``mocov3``: MoCo v3's 3 layers, BN at the end."""
+    """``mlp2``: Linear-BN-ReLU-Linear (docs/design.md 4.2); ``mocov3``: MoCo v3's 3 layers, BN at the end."""
     if kind not in PROJECTORS:
         raise UserError(f"method.projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
     if kind == "mlp2":

@@ -1,4 +1,4 @@
-"""MSCN's two-branch masking for the siamese methods (SimCLR, BYOL): methods.md 3.3-3.5.
+"""MSCN's two-branch masking for the siamese methods (SimCLR, BYOL): docs/design.md 3.3-3.5.
 
 A method with a ``masking:`` setting compares branch-A-masked versions of view 1 with
 branch-B-masked versions of view 2 (``corruptions.mscn_masker.MSCNMasker``: high-pass, grid /
@@ -7,7 +7,7 @@ batches of B (mask-major) and the loss is the mean over the k×k cross-view pair
 all 2·k·B inputs in one pass, BYOL each B-batch alone (``per_batch``).
 ``same_view: true`` masks the *same* augmented view twice (paper 4's Table 7 ablation).
 
-A model trained on high-passed inputs is evaluated on high-passed inputs too (methods.md 3.1,
+A model trained on high-passed inputs is evaluated on high-passed inputs too (docs/design.md 3.1,
 A.2): ``eval_filter`` describes that filter as plain data ({"high_pass": {"sigma", "kernel_size"}}),
 so it can travel in checkpoints' configs and in exported safetensors metadata, and
 ``input_filter`` turns it back into a function.

@@ -1,4 +1,4 @@
-"""The MoCo machinery that ``moco`` and ``mixdet`` share (paper 5's CIFAR base, methods.md 5.1): views, settings
+"""The MoCo machinery that ``moco`` and ``mixdet`` share (paper 5's CIFAR base, docs/design.md 5.1): views, settings
 checks, the key encoder and its forward, parameter groups and evaluation features. Not a method: no
 registered method imports another, both import this."""
 
@@ -79,7 +79,7 @@ def moco_param_groups(module: nn.Module, weight_decay_all: bool) -> list[dict[st
 def embed_features(backbone: nn.Module, head: nn.Module, data_info: DataInfo, images: Tensor, which: str) -> Tensor:
     """Evaluation features under the deterministic evaluation transform: the backbone's pooled
     features (``which="backbone"``, unveil's default for every method) or the query head's output
-    (``"head"``: the 128-d vector paper 5's kNN monitor uses, methods.md 5.1)."""
+    (``"head"``: the 128-d vector paper 5's kNN monitor uses, docs/design.md 5.1)."""
     pooled = backbone(eval_transform(images, data_info.image_size, data_info.mean, data_info.std))
     return head(pooled) if which == "head" else pooled
 

@@ -11,7 +11,7 @@ each view with its own batch statistics, as BYOL's code and lightly's and solo-l
 joint batch of both views would be a different loss: SimCLR's code concatenates, BYOL's does not).
 The two views have their own settings: ``views`` applies to both, ``views_2`` to view 2 only, on
 top of the preset's own asymmetry (``byol``: solarization p 0.2 in view 2, ``views.SECOND_VIEW``).
-``masking:`` adds MSCN's masks (methods.md 3, ``methods._masking``), as for SimCLR; each masked
+``masking:`` adds MSCN's masks (docs/design.md 3, ``methods._masking``), as for SimCLR; each masked
 batch is forwarded alone too.
 """
 

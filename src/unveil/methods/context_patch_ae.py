@@ -1,4 +1,4 @@
-"""Context-patch autoencoder, CBOW for image patches (Panda 2022; methods.md §2).
+"""Context-patch autoencoder, CBOW for image patches (Panda 2022; docs/design.md §2).
 
 The image is cut into a G x G grid (4 x 4 of 8 x 8 patches at 32 px). A shared tower embeds the 8
 neighbours of each target patch (zero patches outside the grid), their embeddings are concatenated

@@ -1,4 +1,4 @@
-"""Denoising ResNet autoencoder: the overlay paper's method and its baselines (methods.md §1).
+"""Denoising ResNet autoencoder: the overlay paper's method and its baselines (docs/design.md §1).
 
 A training step crops and flips each image (in [0, 1], no normalization: the decoder ends in a
 Sigmoid), corrupts the batch, and regresses the *clean* view with a mean-squared error:

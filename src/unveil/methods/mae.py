@@ -1,6 +1,6 @@
 """MAE (He et al., 2022): mask most patches, encode the visible ones, rebuild the masked pixels.
 
-The baseline of paper 3 (methods.md 4). One view (random-resized crop, scale 0.2-1, and a flip),
+The baseline of paper 3 (docs/design.md 4). One view (random-resized crop, scale 0.2-1, and a flip),
 per-sample random masking (``corruptions.patch_mask``, 75 % by default), a timm ViT encoder on the
 visible patches only, ``_mae.MAEDecoder`` and the normalised-pixel MSE on the masked patches.
 """

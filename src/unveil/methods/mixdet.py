@@ -1,6 +1,6 @@
 """MixDet (Lam 2022, "Leveraging Image Mixtures for Unsupervised Detection Pre-training"): MoCo
 with CutMix mixtures whose inside-box and outside-box regions are also contrasted as local and
-global crops, pooled from the last feature map (methods.md 5.3 and 5.4).
+global crops, pooled from the last feature map (docs/design.md 5.3 and 5.4).
 
 ``approach: 2`` (default; the official mix-ssl code): each view gets a box pasted from its own
 reversed batch; ``approach: 1`` (paper §3.2.1, no code): one box swapped between the two views of
@@ -88,7 +88,7 @@ _KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, hea
           "crops (approach 2: within-batch, the official code; approach 1: between the two views)",
           paper="Lam 2022 (MixDet)")
 class MixDet(Method):
-    """MixDet Approach 2 (within the mini-batch) or Approach 1 (between branches), methods.md 5.3-5.4."""
+    """MixDet Approach 2 (within the mini-batch) or Approach 1 (between branches), docs/design.md 5.3-5.4."""
 
     ddp_broadcast_buffers = False  # the queues are gathered from every rank by the queues themselves
 

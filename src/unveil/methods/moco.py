@@ -1,6 +1,6 @@
 """MoCo (He et al. 2020; v2: Chen et al. 2020) as the CIFAR base of paper 5, with Un-Mix / CutMix.
 
-methods.md 5.1 (base), 5.2 (Un-Mix), 5.5 (the MoCo / MoCo + CutMix / MoCo + Un-Mix baselines).
+docs/design.md 5.1 (base), 5.2 (Un-Mix), 5.5 (the MoCo / MoCo + CutMix / MoCo + Un-Mix baselines).
 Query encoder = backbone + head (``linear``: mix-ssl's fc-as-projection; ``mlp``: MoCo v2's
 Linear-ReLU-Linear); key encoder = a momentum copy of both; negatives from a ``KeyQueue``.
 With ``mix`` the query view is also mixed with the reversed batch (Un-Mix):
@@ -47,7 +47,7 @@ _MOCO_KNOWN = ("head, embed, proj_dim, proj_hidden_dim, momentum, queue_size, te
 @register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix or unmix adds Un-Mix's within-batch mixing "
           "(paper 5's base and its MoCo + CutMix / + Un-Mix baselines)", paper="He et al. 2020; Shen et al. 2022 (Un-Mix)")
 class MoCo(Method):
-    """MoCo with an optional Un-Mix / CutMix mixed-query term (methods.md 5.1, 5.2, 5.5)."""
+    """MoCo with an optional Un-Mix / CutMix mixed-query term (docs/design.md 5.1, 5.2, 5.5)."""
 
     ddp_broadcast_buffers = False  # the queue is gathered from every rank by the queue itself
 
@@ -72,7 +72,7 @@ class MoCo(Method):
         self.queue = KeyQueue(proj_dim, queue_size)
         self.momentum, self.temperature, self.symmetric = float(momentum), float(temperature), symmetric
         self.bn_splits, self.shuffle_bn = bn_splits, shuffle_bn
-        # cutmix = Un-Mix with region mixing only (mix-ssl's run_moco.py, methods.md 5.5)
+        # cutmix = Un-Mix with region mixing only (mix-ssl's run_moco.py, docs/design.md 5.5)
         self.mix, self.mix_prob = mix, (float(unmix_prob) if mix == "unmix" else 0.0)
         self.beta, self.reverse_term, self.weight_decay_all = float(beta), reverse_term, weight_decay_all
         self.views = moco_views(data_info, view_preset_name, views)

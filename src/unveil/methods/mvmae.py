@@ -1,4 +1,4 @@
-"""Multi-view masked autoencoder (Ji, Han, Rhee 2023; paper 3, methods.md 4.2).
+"""Multi-view masked autoencoder (Ji, Han, Rhee 2023; paper 3, docs/design.md 4.2).
 
 Two random-resized crops of each image, each masked independently (80 % by default), one shared
 ViT encoder on the visible patches, MAE's decoder per view; each view rebuilds its own pixels

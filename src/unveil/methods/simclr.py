@@ -2,7 +2,7 @@
 
 The foundation's reference method. Both views go through the encoder as ONE batch, as SimCLR's
 own code does (its BatchNorm statistics span both views; lightly's examples forward each view
-alone, BYOL here does too). ``masking:`` turns it into MSCN-SimCLR (methods.md 3,
+alone, BYOL here does too). ``masking:`` turns it into MSCN-SimCLR (docs/design.md 3,
 ``methods._masking``): branch-A masks on view 1, branch-B masks on view 2, NT-Xent averaged over
 the num_masks × num_masks cross-view pairs; a training high-pass is applied in ``embed`` too.
 """

@@ -295,7 +295,7 @@ KNN_FEATURES = ("backbone", "head")
 # methods whose head is their projector on top of ``embed``'s backbone features (no ``embed_head`` of their own)
 def head_embedder(method: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The method's head embedding, for kNN with ``features: head`` (paper 5's monitor: the 128-d
-    output of MoCo's query head, methods.md 5.1): the method's ``embed_head`` (MoCo and MixDet: the
+    output of MoCo's query head, docs/design.md 5.1): the method's ``embed_head`` (MoCo and MixDet: the
     query head; SimCLR: its 128-d projection; BYOL: its 256-d projection, not the predictor); methods
     without one fail in one line."""
     if method.implements("embed_head"):
@@ -417,7 +417,7 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     "convnet": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "layer_decay": None, "drop_path": 0.0,
                 "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0, "rand_augment": None,
                 "random_erasing": 0.0, "global_pool": False, "min_lr": 0.0},
-    # MAE's fine-tune (facebookresearch/mae main_finetune.py, FINETUNE.md; methods.md 4.3): AdamW (0.9,
+    # MAE's fine-tune (facebookresearch/mae main_finetune.py, FINETUNE.md; docs/design.md 4.3): AdamW (0.9,
     # 0.999), lr 5e-4 per 256 images of the GLOBAL batch (the engine's scale_lr), wd 0.05, drop path
     # 0.1, mixup 0.8, CutMix 1.0, smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25
     # (pixel mode), global average pooling with fc_norm, min lr 1e-6, 5 warm-up epochs (10 % of the
