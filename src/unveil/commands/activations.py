@@ -40,16 +40,16 @@ def _label(run: str, cfg: dict[str, Any]) -> str:
 
 def _untrained(run: str) -> nn.Module:
     """The first run's method with the weights the engine started from (its seed, no training)."""
-    from ..build import backbone_config, build_method_for
+    from ..build import backbone_config
     from ..runs.checkpoint import load_checkpoint, read_config, resolve_run
+    from ..runs.weights import build_untrained
 
     run_dir, ckpt = resolve_run(run)
     state = load_checkpoint(ckpt)
     cfg = state.get("config") or read_config(run_dir)
     if state.get("data_info"):
         cfg = {**cfg, "backbone": backbone_config(cfg["backbone"], state["data_info"]["image_size"])[0]}
-    torch.manual_seed(cfg["train"]["seed"])  # as the engine seeds before it builds the method
-    return build_method_for(cfg, dataset_info=state.get("data_info")).eval()
+    return build_untrained(cfg, state.get("data_info")).eval()
 
 
 def run(args: argparse.Namespace) -> int:

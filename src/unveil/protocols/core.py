@@ -29,6 +29,7 @@ from ..eval.linear import linear_probe
 from ..io import NoSpaceError, atomic_write, atomic_write_text, tensor_bytes
 from ..precision import pick_device, pick_precision
 from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config, resolve_run
+from ..runs.weights import build_untrained
 from .settings import PROTOCOLS, VOLATILE, comparable, differences, plain
 
 FEATURES_VERSION = 2  # bump when extraction changes what the cached features hold
@@ -233,14 +234,9 @@ def _features(run_dir: Path, state: dict[str, Any], cfg: dict[str, Any], device:
         if hit is not None:
             return hit, cfg, dataset
     if untrained:
-        torch.manual_seed(cfg["train"]["seed"])  # the engine's seed before it builds the method: its initial weights
-    method = build_method_for(cfg, dataset_info=state.get("data_info"))
-    if untrained:
-        if cfg["train"].get("init_backbone"):
-            from ..runs.weights import load_backbone_weights
-
-            load_backbone_weights(method.backbone, cfg["train"]["init_backbone"])
+        method = build_untrained(cfg, state.get("data_info"))  # the weights the engine started from
     else:
+        method = build_method_for(cfg, dataset_info=state.get("data_info"))
         method.load_state_dict(state["model"])
     method.to(dev).eval()
     embed = method.embed if features == "backbone" else head_embedder(method, cfg["method"]["name"])
@@ -644,7 +640,6 @@ def _finetune_untrained(run_dir: Path, base: dict[str, Any], state: dict[str, An
                         resolved: dict[str, Any], overrides: list[str] | None, eval_data: str | None,
                         settings: dict[str, Any], epochs: int) -> dict[str, Any]:
     """The same fine-tune from the encoder the run started from, in ``RUN/finetune_untrained``."""
-    from ..build import build_method_for
 
     out = run_dir / "finetune_untrained"
     init = out / "untrained_backbone.safetensors"
@@ -654,13 +649,7 @@ def _finetune_untrained(run_dir: Path, base: dict[str, Any], state: dict[str, An
         """The encoder the run started from: rebuilt under its seed, as ``_features(untrained=True)``."""
         from ..export import export_backbone
 
-        torch.manual_seed(base["train"]["seed"])
-        fresh = build_method_for(base, dataset_info=state.get("data_info"))
-        if base["train"].get("init_backbone"):
-            from ..runs.weights import load_backbone_weights
-
-            load_backbone_weights(fresh.backbone, base["train"]["init_backbone"])
-        export_backbone(fresh.backbone, path, base)
+        export_backbone(build_untrained(base, state.get("data_info")).backbone, path, base)
 
     res0 = _run_finetune(out, cfg0, {**settings, "step": 0, "untrained": True}, epochs, write_untrained)
     return {k: v for k, v in res0.items() if k not in ("history", "note")}

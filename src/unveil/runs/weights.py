@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from ..build import build_method_for
 from ..errors import UserError, require
+from ..methods.base import Method
 from .checkpoint import load_run
 
 
@@ -40,3 +43,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     require(not missing and not unexpected,
             f"weights in {path} do not fit this backbone (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}): "
             "use the same backbone settings as the pretraining run")
+
+
+def build_untrained(cfg: dict[str, Any], data_info: dict[str, Any]) -> Method:
+    """The method with the weights its training run started from: built under the run's seed, as the engine
+    builds it, with ``train.init_backbone``'s weights when the run had them (momentum targets restarted).
+
+    The one builder of "the untrained encoder" that every baseline (kNN, linear, fine-tune, activation maps)
+    stands beside."""
+    torch.manual_seed(cfg["train"]["seed"])
+    method = build_method_for(cfg, dataset_info=data_info)
+    if cfg["train"].get("init_backbone"):
+        load_backbone_weights(method.backbone, cfg["train"]["init_backbone"])
+        method.reset_targets()
+    return method

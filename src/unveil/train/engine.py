@@ -26,14 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import dist
 from .. import methods as method_registry
-from ..build import backbone_config, build_method_for, data_info_of, load_dataset_for
+from ..build import backbone_config, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
 from ..optim import build_optimizer, lr_at, set_lr
 from ..precision import autocast, configure_kernels, pick_device, pick_precision
 from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 from ..runs.logs import RunLogger
-from ..runs.weights import load_backbone_weights
+from ..runs.weights import build_untrained
 from .loader import TensorBatches
 from .monitor import has_labels, monitor_sizes, run_monitor, unlabelled_figures
 
@@ -181,10 +181,8 @@ def _build_model(run: _Run) -> None:
     require(run.labelled or not method_registry.METHODS[name].needs_labels,
             f"method {name} trains on labels, but {run.dataset.name} has none (a folder without class folders): "
             "give a folder of class folders, or use a self-supervised method such as simclr")
-    method = build_method_for(run.cfg, run.dataset)
-    if t["init_backbone"]:
-        load_backbone_weights(method.backbone, t["init_backbone"])
-        method.reset_targets()  # momentum copies (BYOL's target, MoCo's key encoder) start from the loaded weights
+    # init_backbone's weights loaded and momentum copies (BYOL's target, MoCo's key encoder) restarted from them
+    method = build_untrained(run.cfg, data_info_of(run.dataset))
     if t["freeze_backbone"]:
         method.backbone.requires_grad_(False)
     method.to(run.device)
