@@ -14,7 +14,7 @@ repeats weights and running statistics per layer. Here a ``SplitBatchNorm`` norm
 blocks of ``B / s`` images instead (a slice of the batch is contiguous in any memory format, so each
 split runs the fused native kernels in place, joined by one ``cat``), and ``split_batchnorm`` puts the
 model's input batch in split-major order (images 0, s, 2s, ... first) and its outputs back, so each
-block holds the images of one of the code's splits: the same numbers as the code (tests/test_split_bn.py
+block holds the images of one of the code's splits: the same numbers as the code (tests/backbones/test_split_bn.py
 and the lightly parity test), at the cost of reordering the input images and the outputs once per
 forward. On CPU (bf16 autocast, channels_last, CIFAR stem) a MoCo step took 0.87 of a SimCLR step with
 the view trick against 0.70 with this and 0.68 with plain BatchNorm at batch 32 (0.83 / 0.67 / 0.67 at

@@ -14,7 +14,7 @@ Its lr is 0.1 x batch/256 at batch 16384: 6.4 for ~7,000 steps on ImageNet. LARS
 over its steps, not on the batch: at our sizes (1,440 steps for 4,000 images at batch 256) MAE's
 batch rule (lr 0.1) left the head near its initialisation (48.5 % on separable features where SGD
 reached 99.7 %). ``lr="mae-budget"`` gives the probe MAE's summed lr instead:
-``lr = 6.4 · 7,038 / steps`` (``mae_budget_lr``), measured in ``tests/test_eval_protocols.py``.
+``lr = 6.4 · 7,038 / steps`` (``mae_budget_lr``), measured in ``tests/protocols/test_eval_protocols.py``.
 Reports the last epoch and the best epoch (the overlay paper reports the best *test* epoch,
 which selects the model on the test set; we report both and say which is which).
 """

@@ -12,7 +12,7 @@ uniformly (with replacement) from timm's 15 ("increasing" set with ``inc1``), ap
 probability ``p`` (0.5), at magnitude ``clip(m + mstd · N(0, 1), 0, 10)`` and, for signed ops, a
 random sign; op arguments follow timm's ``LEVEL_TO_ARG``. Pixel ops follow PIL's on uint8 (the
 8-bit grid after each op, blends truncated as PIL's): equal to timm's output for every colour op
-(AutoContrast within 1 level), tests/test_vit_finetune.py. The geometric ops use PIL's affine maps
+(AutoContrast within 1 level), tests/protocols/test_vit_finetune.py. The geometric ops use PIL's affine maps
 (shear and translate about the corner, rotate about the centre) resampled bicubically (MAE's
 interpolation) with the mean colour outside; torch's bicubic kernel (a = -0.75) is not PIL's
 (a = -0.5), so edges differ by a few levels.

@@ -13,7 +13,7 @@ Those queries are taken as ``flip`` of the forward ones instead of a third query
 plain BatchNorm, or split BatchNorm with the batch a multiple of the splits (``check_batch_splits``;
 the reversal then maps each split onto a split, as for the code's interleaved splits), the
 train-mode encoder is equivariant to reversing the batch, so
-the forward of ``flip(mixed1)`` *is* the flip of the forward of ``mixed1`` (tests/test_mixdet.py
+the forward of ``flip(mixed1)`` *is* the flip of the forward of ``mixed1`` (tests/methods/test_mixdet.py
 checks it). The former ``pairing: semantic`` (reverse G/L terms against ``flip(k)``, ``flip(k_local)``)
 was removed: by that equivariance its reverse G/L terms equalled the forward ones exactly.
 

@@ -24,7 +24,7 @@ from unveil.data import dataset as dataset_mod
 from unveil.data import diskcache, load_data
 from unveil.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _folder(root: Path, per_class: int = 100, classes: int = 3, side: int = 24) -> Path:

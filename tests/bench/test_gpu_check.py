@@ -20,7 +20,7 @@ from unveil.bench.spec import load_suite
 from unveil.config import resolve
 from unveil.methods import available
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITES = ("mixtures", "masked-siamese", "masked-modelling")  # the script's default (c)
 
 

@@ -15,7 +15,7 @@ from unveil.corruptions import CORRUPTIONS
 from unveil.viz import preview
 from unveil.viz.grid import draw_boxes, labelled_grid, mask_image
 
-CIFAR = Path(os.environ.get("UNVEIL_SHARED_DATA", Path(__file__).resolve().parents[1] / "../shared/data")) / "cifar10"
+CIFAR = Path(os.environ.get("UNVEIL_SHARED_DATA", Path(__file__).resolve().parents[2] / "../shared/data")) / "cifar10"
 
 
 def fake_images(n: int = 4, size: int = 32) -> torch.Tensor:

@@ -25,7 +25,7 @@ from unveil.data.registry import DEBIAN_FASHION_MNIST
 from unveil.errors import UserError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _shared_cifar10() -> Path:
