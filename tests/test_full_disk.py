@@ -44,6 +44,7 @@ for name, write in writers.items():
 """
 
 
+@pytest.mark.dist
 def test_every_writer_failing_for_room_is_one_line_and_keeps_the_old_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -73,6 +74,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.dist
 def test_a_full_disk_at_the_second_checkpoint_is_one_line_and_the_run_resumes(tiny_folder, tmp_path):
     run = tmp_path / "run"
     args = ["pretrain", "--data", str(tiny_folder), "--out", str(run), "--method", "simclr", "data.image_size=16",

@@ -103,6 +103,7 @@ _SLOW_BUILD = """
 """
 
 
+@pytest.mark.dist
 def test_killed_build_resumes_from_finished_chunks(folder, tmp_path):
     cache = str(tmp_path / "c")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -215,6 +216,7 @@ _LOAD_AND_HASH = """
 
 
 @pytest.mark.parametrize("storage", ["disk", "memory"])
+@pytest.mark.dist
 def test_two_processes_one_builder(folder, tmp_path, storage):
     """Two ranks calling load_data at once, without a barrier: the split is made and saved once, each
     cache entry written once, and both get the same data."""
@@ -287,6 +289,7 @@ def _rss(folder: Path, cache: Path, storage: str) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.dist
 def test_disk_storage_keeps_anonymous_memory_under_budget(big_folder, tmp_path):
     cache = tmp_path / "c"
     built = _rss(big_folder, cache, "disk")  # builds the cache, then one epoch of batches of 256

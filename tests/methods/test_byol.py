@@ -94,6 +94,7 @@ def test_bad_settings_get_one_line(bad, needle):
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_killed_then_resumed_byol_equals_uninterrupted(tiny_folder, tmp_path):
     args = [f"--data={tiny_folder}", "--method=byol", "data.image_size=16", "backbone.cifar_stem=false",
             "method.proj_hidden_dim=64", "method.proj_dim=32", "method.pred_hidden_dim=64",

@@ -213,6 +213,7 @@ def test_box_masks_cover_what_the_mix_pasted():
     assert outside.sum() == round(float(r.lam) * 256)
 
 
+@pytest.mark.dist
 def test_killed_then_resumed_moco_equals_uninterrupted(tiny_folder, tmp_path):
     args = [f"--data={tiny_folder}", "--method=moco", "data.image_size=16", "backbone.cifar_stem=false",
             "method.bn_splits=4", "method.queue_size=64", "method.mix=unmix", "train.batch_size=16",

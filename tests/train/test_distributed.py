@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -30,6 +31,7 @@ def _worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor
     dist.destroy_process_group()
 
 
+@pytest.mark.dist
 def test_ntxent_two_ranks_equals_one_big_batch():
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)

@@ -135,6 +135,7 @@ def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
     assert ft["best_top1"] == max(r["test_top1"] for r in ft["history"])
 
 
+@pytest.mark.dist
 def test_two_process_ddp_run_with_torchrun(tiny_folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -44,6 +44,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("launcher", ["plain", "torchrun"])
+@pytest.mark.dist
 def test_error_on_one_rank_ends_every_rank_quickly(tiny_folder, tmp_path, launcher):
     script = tmp_path / "failing.py"
     script.write_text(SCRIPT)

@@ -15,6 +15,7 @@ TINY_VIT = ["backbone.name=vit_tiny", "backbone.depth=2", "backbone.patch_size=4
             "method.decoder_depth=1", "method.decoder_heads=2", "data.image_size=16"]
 
 
+@pytest.mark.dist
 def test_killed_then_resumed_mvmae_equals_uninterrupted(tiny_folder, tmp_path):
     """The generator (crops, masks), AdamW moments, the projector's BatchNorm and the schedule all resume."""
     args = [f"--data={tiny_folder}", "--recipe=mvmae_cifar10", "data.name=" + str(tiny_folder), *TINY_VIT,

@@ -45,6 +45,7 @@ def _two_nodes(folder: Path, out: Path, caches: tuple[Path, Path]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_two_nodes_with_local_or_shared_disk_caches(tiny_folder, tmp_path):
     local = _two_nodes(tiny_folder, tmp_path / "local", (tmp_path / "node0", tmp_path / "node1"))
     assert [e.count(BUILD_LINE) for e in local] == [2, 2]  # each node decodes train and test into its own disk
