@@ -68,6 +68,9 @@ def test_the_method_example_trains_round_trips_and_exports(examples, tiny_folder
     from unveil.export import torchvision_model
 
     torchvision_model(tmp_path / "enc.safetensors")
+    with pytest.raises(UserError, match=r"method.turns must be in \[2, 4\] for _contributing_rotation, got 5"):
+        engine.train(resolve(None, [f"method.name={NAME}", "method.turns=5", f"data.name={tiny_folder}",
+                                    "data.image_size=16", f"out={tmp_path / 'bad'}", "train.progress=false"]))
 
 
 def test_the_corruption_example_is_pure_seeded_and_checked(examples):

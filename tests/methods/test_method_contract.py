@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,3 +112,60 @@ def test_every_recipe_takes_one_cpu_step_round_trips_and_exports(recipe, tmp_pat
     export_backbone(method.backbone, path, {**cfg, "backbone": method.backbone_spec or cfg["backbone"]},
                     eval_filter=method.eval_filter)
     fresh.backbone.load_state_dict(read_backbone_state(path), strict=True)
+
+
+# ------------------------------------------------------------------ typed settings (unveil.methods.settings)
+@pytest.mark.parametrize("setting, needle", [
+    ({"temprature": 0.1}, "unknown setting(s) method.temprature for simclr: known ones are temperature, proj_hidden_dim"),
+    ({"temperature": "0.1"}, "method.temperature must be a number for simclr, got '0.1'"),
+    ({"temperature": 0}, "method.temperature must be > 0 for simclr, got 0"),
+    ({"proj_dim": 12.5}, "method.proj_dim must be an integer for simclr, got 12.5"),
+    ({"proj_dim": True}, "method.proj_dim must be an integer for simclr, got True"),
+])
+def test_bad_settings_are_one_line_naming_the_field_and_what_it_allows(setting, needle):
+    from unveil.build import build_method_for
+    from unveil.config import resolve
+
+    cfg = resolve("simclr_cifar10", [])
+    cfg["method"].update(setting)
+    with pytest.raises(UserError) as err:
+        build_method_for(cfg, dataset_info=INFO)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ranges_and_types_of_other_methods():
+    from unveil.methods import build_method
+    from unveil.methods.settings import settings_of
+
+    with pytest.raises(UserError, match=r"method.mask_ratio must be in \(0, 1\) for mae, got 1.0"):
+        build_method("mae", backbone=None, data_info=None, mask_ratio=1.0)
+    with pytest.raises(UserError, match=r"method.momentum must be in \[0, 1\] for moco, got 1.5"):
+        build_method("moco", backbone=None, data_info=None, momentum=1.5)
+    with pytest.raises(UserError, match="method.symmetric must be true or false for moco"):
+        build_method("moco", backbone=None, data_info=None, symmetric="yes")
+    fields = {f.name: f.default for f in dataclasses.fields(settings_of(METHODS["moco"]))}
+    assert fields["queue_size"] == 4096 and fields["temperature"] == 0.1 and "backbone" not in fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings_of(METHODS["moco"])().temperature = 1.0
+
+
+def test_a_bug_inside_a_constructor_keeps_its_traceback():
+    class Buggy(Method):
+        def __init__(self, backbone=None, data_info=None, width: int = 4):
+            super().__init__()
+            torch.nn.Linear(width)  # a real TypeError (missing argument): a bug, not a recipe typo
+
+        def forward(self, images, labels, generator):
+            return {}
+
+        def embed(self, images):
+            return images
+
+    register("_buggy")(Buggy)
+    try:
+        from unveil.methods import build_method
+
+        with pytest.raises(TypeError, match="missing 1 required positional argument"):
+            build_method("_buggy", backbone=None, data_info=None, width=8)
+    finally:
+        METHODS.remove("_buggy")

@@ -103,4 +103,8 @@ def available() -> list[str]:
 
 def build_method(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a registered method; unknown names get one clear line."""
-    return METHODS.lookup(name)(**kwargs)
+    from .settings import check_settings
+
+    cls = METHODS.lookup(name)
+    check_settings(name, cls, {k: v for k, v in kwargs.items() if k not in ("backbone", "data_info")})
+    return cls(**kwargs)

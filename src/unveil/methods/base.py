@@ -35,6 +35,9 @@ class Method(nn.Module):
     """False when the method gathers its buffers itself (MoCo's queue): DDP must not overwrite them."""
     normalized_inputs: ClassVar[bool] = True
     """The encoder sees normalised images; False: [0, 1] pixels (the autoencoders). Fine-tuning keeps it."""
+    limits: ClassVar[dict[str, str]] = {}
+    """Allowed ranges of numeric settings ("> 0", ">= 1", "[0, 1]", "(0, 1)"), checked with the types of the
+    constructor's arguments before it runs (``unveil.methods.settings``)."""
 
     registered_name: ClassVar[str] = ""
     """The name the method is registered under (set by ``@register``)."""

@@ -42,6 +42,8 @@ from .base import Method
 @register("byol", summary="online network predicts an EMA target's projection (normalised MSE); optional MSCN masks",
           paper="Grill et al. 2020 (baseline of paper 4)")
 class BYOL(Method):
+    limits = {"proj_hidden_dim": ">= 1", "proj_dim": ">= 1", "pred_hidden_dim": ">= 1", "base_momentum": "[0, 1]",
+              "end_momentum": "[0, 1]"}
     sync_batchnorm = True  # BYOL syncs BN statistics across devices, as in its paper
     def __init__(self, backbone: nn.Module, data_info: DataInfo, proj_hidden_dim: int = 4096, proj_dim: int = 256,
                  pred_hidden_dim: int = 4096, base_momentum: float = 0.996, end_momentum: float = 1.0,

@@ -87,6 +87,8 @@ def augment_images(x: Tensor, generator: torch.Generator, padding: int = 4, degr
 @register("context_patch_ae", summary="reconstruct each patch from its 8 neighbours' embeddings (or from itself: the simple AE)", paper="2 Context-patch AE")
 class ContextPatchAE(Method):
     """Reconstruct each patch from its 8 neighbours' tower embeddings (or from itself: simple)."""
+    limits = {"grid": ">= 2", "decoder_hidden": ">= 1", "decoder_channels": ">= 1", "augment_padding": ">= 0",
+              "augment_degrees": ">= 0", "augment_jitter_p": "[0, 1]", "image_size": ">= 1"}
 
     def __init__(self, backbone: nn.Module | None = None, data_info: Any = None, tower: str | None = None,
                  tower_kwargs: dict[str, Any] | None = None, mode: str = "context", grid: int = 4,

@@ -49,6 +49,7 @@ for _name, _settings in CORRUPTION_SETTINGS.items():  # a renamed corruption or 
 @register("denoising_ae", summary="ResNet autoencoder that undoes a corruption: paired-image overlay, random pixel mask, AutoAugment, or none (plain AE)", paper="1 Paired image overlay")
 class DenoisingAE(Method):
     """ResNet autoencoder trained to undo a corruption (overlay, pixel mask, AutoAugment, none)."""
+    limits = {"alpha": "[0, 1]", "mask_ratio": "[0, 1]", "image_size": ">= 1"}
 
     def __init__(self, backbone: nn.Module | None = None, data_info: Any = None, arch: str = "resnet50",
                  cifar: bool | None = None, upsample: str = "transpose", corruption: str = "overlay",

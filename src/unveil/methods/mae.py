@@ -19,6 +19,7 @@ from ._mae import MaskedImageModel, check_embed, check_ratio, decoder_for, maske
 
 @register("mae", summary="masked autoencoder: ViT encoder on the visible patches, light decoder, normalised-pixel loss on the masked ones", paper="He et al. 2022 (baseline of paper 3)")
 class MAE(MaskedImageModel):
+    limits = {"mask_ratio": "(0, 1)", "decoder_dim": ">= 1", "decoder_depth": ">= 1", "decoder_heads": ">= 1"}
     default_recipe = "mae_cifar10"  # `--method mae` alone: a ViT and AdamW, not the ResNet/SGD defaults
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, mask_ratio: float = 0.75, decoder_dim: int = 512,

@@ -89,6 +89,8 @@ _KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, hea
           paper="Lam 2022 (MixDet)")
 class MixDet(Method):
     """MixDet Approach 2 (within the mini-batch) or Approach 1 (between branches), docs/design.md 5.3-5.4."""
+    limits = {"approach": "[1, 2]", "proj_dim": ">= 1", "momentum": "[0, 1]", "queue_size": ">= 1", "temperature": "> 0",
+              "bn_splits": ">= 1", "beta": "> 0"}
 
     ddp_broadcast_buffers = False  # the queues are gathered from every rank by the queues themselves
 

@@ -48,6 +48,8 @@ _MOCO_KNOWN = ("head, embed, proj_dim, proj_hidden_dim, momentum, queue_size, te
           "(paper 5's base and its MoCo + CutMix / + Un-Mix baselines)", paper="He et al. 2020; Shen et al. 2022 (Un-Mix)")
 class MoCo(Method):
     """MoCo with an optional Un-Mix / CutMix mixed-query term (docs/design.md 5.1, 5.2, 5.5)."""
+    limits = {"proj_dim": ">= 1", "momentum": "[0, 1]", "queue_size": ">= 1", "temperature": "> 0", "bn_splits": ">= 1",
+              "unmix_prob": "[0, 1]", "beta": "> 0"}
 
     ddp_broadcast_buffers = False  # the queue is gathered from every rank by the queue itself
 

@@ -29,6 +29,8 @@ from ._mae import MaskedImageModel, check_embed, check_ratio, decoder_for, maske
 
 @register("mvmae", summary="multi-view masked autoencoder: two masked crops, each rebuilt by MAE's decoder, plus NT-Xent between their class tokens", paper="3 Multi-view masked AE (Ji et al. 2023)")
 class MVMAE(MaskedImageModel):
+    limits = {"mask_ratio": "(0, 1)", "decoder_dim": ">= 1", "decoder_depth": ">= 1", "decoder_heads": ">= 1",
+              "contrastive_weight": ">= 0", "temperature": "> 0", "proj_hidden_dim": ">= 1", "proj_dim": ">= 1"}
     sync_batchnorm = True  # the contrastive projector's BN, over the global batch
     default_recipe = "mvmae_cifar10"  # `--method mvmae` alone: a ViT and AdamW, not the ResNet/SGD defaults
 

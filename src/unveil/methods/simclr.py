@@ -24,6 +24,7 @@ from .base import Method
 
 @register("simclr", summary="two augmented views, projection MLP, NT-Xent (the contrastive baseline of papers 4 and 5)", paper="Chen et al. 2020 (baseline)")
 class SimCLR(Method):
+    limits = {"temperature": "> 0", "proj_hidden_dim": ">= 1", "proj_dim": ">= 1"}
     sync_batchnorm = True  # the projector's BN sees the global batch on several GPUs, as in the paper
     def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
                  proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,

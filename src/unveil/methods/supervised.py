@@ -38,6 +38,8 @@ from .base import Method
 
 @register("supervised", summary="backbone + linear head, cross-entropy: the supervised baseline and the fine-tuning protocol", paper="baseline of paper 1")
 class Supervised(Method):
+    limits = {"label_smoothing": "[0, 1)", "mixup": ">= 0", "cutmix": ">= 0", "mix_prob": "[0, 1]", "switch_prob": "[0, 1]",
+              "random_erasing": "[0, 1]", "layer_decay": "(0, 1]"}
     needs_labels = True  # the engine refuses unlabelled data in one line instead of a cross-entropy trace
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, views: dict[str, Any] | None = None,
