@@ -48,10 +48,8 @@ class BYOL(Method):
     def __init__(self, backbone: nn.Module, data_info: DataInfo, proj_hidden_dim: int = 4096, proj_dim: int = 256,
                  pred_hidden_dim: int = 4096, base_momentum: float = 0.996, end_momentum: float = 1.0,
                  symmetric: bool = True, views: dict[str, Any] | None = None, view_preset_name: str = "byol",
-                 views_2: dict[str, Any] | None = None, masking: dict[str, Any] | None = None, **unused: Any):
+                 views_2: dict[str, Any] | None = None, masking: dict[str, Any] | None = None):
         super().__init__()
-        if unused:
-            raise TypeError(f"unknown byol settings: {', '.join(unused)}")
         from ..errors import require
 
         require(0 <= base_momentum <= end_momentum <= 1,

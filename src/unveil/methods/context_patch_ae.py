@@ -33,7 +33,6 @@ from ..errors import UserError, require
 from ..tensors import no_autocast, rand
 from ..views import eval_transform, ops
 from . import register
-from ._common import reject_unknown_settings
 from .base import Method
 
 
@@ -95,12 +94,8 @@ class ContextPatchAE(Method):
                  decoder_hidden: int = 512, decoder_channels: int = 64, decoder_upsample: str = "nearest",
                  reduction: str = "mean", augment: bool = True, augment_padding: int = 4,
                  augment_degrees: float = 15.0, augment_jitter: tuple[float, ...] = (0.4, 0.4, 0.4, 0.1),
-                 augment_jitter_p: float = 0.8, naive: bool = False, image_size: int | None = None,
-                 **kwargs: Any):
+                 augment_jitter_p: float = 0.8, naive: bool = False, image_size: int | None = None):
         super().__init__()
-        reject_unknown_settings(kwargs, "context_patch_ae", "tower, tower_kwargs, mode, grid, decoder_hidden, decoder_channels, "
-                 "decoder_upsample, reduction, augment, augment_padding, augment_degrees, augment_jitter, "
-                 "augment_jitter_p, naive, image_size")
         require(mode in ("context", "simple"), f"method.mode must be context or simple, got {mode!r}")
         require(reduction in ("mean", "sum"), f"method.reduction must be mean or sum, got {reduction!r}")
         require(decoder_upsample in ("nearest", "bilinear"),

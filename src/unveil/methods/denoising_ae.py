@@ -30,7 +30,6 @@ from ..corruptions.overlay import PARTNER_MODES, check_alpha
 from ..errors import require
 from ..views import ViewPipeline, eval_transform, view_preset
 from . import register
-from ._common import reject_unknown_settings
 from .base import Method
 
 # The registered corruptions this method trains with, and which ``method.*`` setting feeds each of
@@ -55,10 +54,8 @@ class DenoisingAE(Method):
                  cifar: bool | None = None, upsample: str = "transpose", corruption: str = "overlay",
                  alpha: float | list[float] = 0.3, partner: str = "perm", mask_ratio: float = 0.02,
                  autoaugment_target: str = "clean", autoaugment_policy: str = "imagenet",
-                 views: dict[str, Any] | None = None, image_size: int | None = None, **kwargs: Any):
+                 views: dict[str, Any] | None = None, image_size: int | None = None):
         super().__init__()
-        reject_unknown_settings(kwargs, "denoising_ae", "arch, cifar, upsample, corruption, alpha, partner, mask_ratio, "
-                 "autoaugment_target, autoaugment_policy, views, image_size")
         require(arch in CONFIGS, f"method.arch must be one of {', '.join(CONFIGS)}, got {arch!r}")
         require(upsample in UPSAMPLE_MODES, f"method.upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
         require(corruption in SUPPORTED_CORRUPTIONS,

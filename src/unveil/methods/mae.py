@@ -24,10 +24,8 @@ class MAE(MaskedImageModel):
 
     def __init__(self, backbone: nn.Module, data_info: DataInfo, mask_ratio: float = 0.75, decoder_dim: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, norm_pix_loss: bool = True, embed: str = "cls",
-                 views: dict[str, Any] | None = None, **unused: Any):
+                 views: dict[str, Any] | None = None):
         super().__init__()
-        if unused:
-            raise TypeError(f"unknown mae settings: {', '.join(unused)}")
         self.backbone = backbone
         self.decoder = decoder_for(backbone, decoder_dim, decoder_depth, decoder_heads)
         self.data_info = data_info

@@ -42,7 +42,6 @@ from ..corruptions.mixing import (
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
 from . import DataInfo, register
-from ._common import reject_unknown_settings
 from ._heads import moco_head
 from ._moco import (
     check_batch_splits,
@@ -80,8 +79,6 @@ def check_pairing(pairing: object, approach: int) -> None:
             "method.pairing is an Approach-2 setting (Approach 1 mixes only image i's own views): drop it")
 
 
-_KNOWN = ("approach, embed, pairing, independent_boxes, lam, key_projection, head, proj_dim, proj_hidden_dim, momentum, "
-          "queue_size, temperature, bn_splits, shuffle_bn, beta, weight_decay_all, views, view_preset_name")
 
 
 @register("mixdet", summary="MoCo + CutMix mixtures whose in-box / out-of-box regions are contrasted as local / global "
@@ -99,9 +96,8 @@ class MixDet(Method):
                  head: str = "linear", proj_dim: int = 128, proj_hidden_dim: int | None = None, momentum: float = 0.99,
                  queue_size: int = 4096, temperature: float = 0.1, bn_splits: int = 8, shuffle_bn: bool = True,
                  beta: float = 1.0, weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, embed: str = "backbone", **unknown: Any):
+                 view_preset_name: str | None = None, embed: str = "backbone"):
         super().__init__()
-        reject_unknown_settings(unknown, "mixdet", _KNOWN)
         self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, False)
         require(approach in (1, 2) and not isinstance(approach, bool), f"method.approach must be 1 or 2, got {approach!r}")

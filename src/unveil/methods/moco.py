@@ -23,7 +23,6 @@ from ..corruptions.mixing import unmix
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
 from . import DataInfo, register
-from ._common import reject_unknown_settings
 from ._heads import moco_head
 from ._moco import (
     check_batch_splits,
@@ -40,8 +39,6 @@ from .base import Method
 
 # ---------------------------------------------------------------------------------------------
 
-_MOCO_KNOWN = ("head, embed, proj_dim, proj_hidden_dim, momentum, queue_size, temperature, symmetric, bn_splits, "
-               "shuffle_bn, mix, unmix_prob, beta, reverse_term, weight_decay_all, views, view_preset_name")
 
 
 @register("moco", summary="MoCo (queue of momentum keys, InfoNCE); mix: cutmix or unmix adds Un-Mix's within-batch mixing "
@@ -58,9 +55,8 @@ class MoCo(Method):
                  temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
                  mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
                  weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, embed: str = "backbone", **unknown: Any):
+                 view_preset_name: str | None = None, embed: str = "backbone"):
         super().__init__()
-        reject_unknown_settings(unknown, "moco", _MOCO_KNOWN)
         self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, symmetric)
         require(mix in ("none", "cutmix", "unmix"), f"method.mix must be none, cutmix or unmix, got {mix!r}")

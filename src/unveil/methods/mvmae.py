@@ -38,10 +38,8 @@ class MVMAE(MaskedImageModel):
                  decoder_depth: int = 8, decoder_heads: int = 16, norm_pix_loss: bool = True,
                  contrastive_weight: float = 2.0, temperature: float = 0.2, contrastive_feature: str = "cls",
                  projector: str = "mlp2", proj_hidden_dim: int = 2048, proj_dim: int = 256,
-                 two_targets: bool = True, embed: str = "cls", views: dict[str, Any] | None = None, **unused: Any):
+                 two_targets: bool = True, embed: str = "cls", views: dict[str, Any] | None = None):
         super().__init__()
-        if unused:
-            raise TypeError(f"unknown mvmae settings: {', '.join(unused)}")
         if isinstance(contrastive_weight, bool) or not isinstance(contrastive_weight, (int, float)) or contrastive_weight < 0:
             raise UserError(f"method.contrastive_weight must be a number >= 0, got {contrastive_weight!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:

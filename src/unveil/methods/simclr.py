@@ -28,10 +28,8 @@ class SimCLR(Method):
     sync_batchnorm = True  # the projector's BN sees the global batch on several GPUs, as in the paper
     def __init__(self, backbone: nn.Module, data_info: DataInfo, temperature: float = 0.5,
                  proj_hidden_dim: int = 2048, proj_dim: int = 128, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, masking: dict[str, Any] | None = None, **unused: Any):
+                 view_preset_name: str | None = None, masking: dict[str, Any] | None = None):
         super().__init__()
-        if unused:
-            raise TypeError(f"unknown simclr settings: {', '.join(unused)}")
         self.backbone = backbone
         self.data_info = data_info
         self.temperature = temperature

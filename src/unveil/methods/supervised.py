@@ -46,10 +46,8 @@ class Supervised(Method):
                  view_preset_name: str = "supervised", label_smoothing: float = 0.0, normalize: bool = True,
                  augment: bool = True, input_filter: dict[str, Any] | None = None, layer_decay: float | None = None,
                  mixup: float = 0.0, cutmix: float = 0.0, mix_prob: float = 1.0, switch_prob: float = 0.5,
-                 rand_augment: str | None = None, random_erasing: float = 0.0, **unused: Any):
+                 rand_augment: str | None = None, random_erasing: float = 0.0):
         super().__init__()
-        if unused:
-            raise TypeError(f"unknown supervised settings: {', '.join(unused)}")
         self.backbone = backbone
         self.data_info = data_info
         self.normalize = normalize
