@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from unveil.bench.spec import (
@@ -22,6 +21,7 @@ from unveil.bench.suite import run_suite
 from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.errors import UserError
+from unveil.methods.base import Method
 from unveil.protocols.core import linear_protocol_name
 from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
@@ -277,7 +277,7 @@ def test_knn_on_the_head_beside_the_backbone(tiny_folder, tmp_path, capsys):
     assert again["top1"] == json.loads((out / "moco" / "eval_knn_head.json").read_text())["top1"]
 
     with pytest.raises(UserError) as err:  # an autoencoder has no head to embed with
-        head_embedder(torch.nn.Module(), "denoising_ae")
+        head_embedder(Method(), "denoising_ae")  # the contract's default: no embed_head of its own
     assert "method denoising_ae has no projection head" in str(err.value) and "\n" not in str(err.value)
     bad = dict(both[1]["knn"], features="projector")
     with pytest.raises(UserError, match="knn.features must be one of backbone, head"):
