@@ -46,6 +46,7 @@ def examples():
         sys.modules.pop(name, None)
 
 
+@pytest.mark.slow
 def test_the_method_example_trains_round_trips_and_exports(examples, tiny_folder, tmp_path):
     from unveil.config import resolve
 

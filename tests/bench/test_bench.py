@@ -51,6 +51,7 @@ def cp_entry(name: str, *overrides: str) -> dict:
             "paper": {"linear": 24.55}, "paper_setting": "CIFAR-100"}
 
 
+@pytest.mark.slow
 def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_path):
     ae = {"name": "ae", "recipe": "overlay_cifar10", "overrides": ["data.subset=32"], "evaluate": [{"finetune": {"epochs": 1, "batch_size": 16}},
                                                                    {"linear": {"epochs": 2}}, "knn"],
@@ -82,6 +83,7 @@ def test_runner_writes_table_with_paper_columns_and_figures(tiny_folder, tmp_pat
     assert json.loads((out / "ae" / "eval_finetune.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_interrupted_suite_resumes_without_redoing_finished_work(tiny_folder, tmp_path, monkeypatch, capsys):
     path = tiny_suite(tiny_folder, tmp_path / "tiny.yaml", [cp_entry("first"), cp_entry("second", "train.epochs=2")])
     out = tmp_path / "out"
@@ -181,6 +183,7 @@ def test_shipped_suites_resolve_and_build_at_every_scale(name, tmp_path):
                 assert hasattr(build_method_for(p.cfg, dataset_info=info), "embed")
 
 
+@pytest.mark.slow
 def test_cli_list_dry_run_and_one_line_errors(capsys, tmp_path):
     assert main(["bench", "--list"]) == 0
     listed = capsys.readouterr().out
@@ -242,6 +245,7 @@ def test_suite_numbers_are_read_as_recipes_read_them(tmp_path):
     check_protocol_settings("linear", entry.evaluate["linear"], "numbers")  # a float passes the protocol's checks
 
 
+@pytest.mark.slow
 def test_knn_on_the_head_beside_the_backbone(tiny_folder, tmp_path, capsys):
     """kNN with ``features: head`` (paper 5's monitor, on the 128-d head output) is its own evaluation:
     saved as eval_knn_head.json beside eval_knn.json, shown as its own column, the untrained row too,

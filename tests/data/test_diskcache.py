@@ -381,6 +381,7 @@ def test_training_from_the_disk_cache_keeps_anonymous_memory_under_budget(big_fo
 # ------------------------------------------------------------------------------------- choosing storage
 
 
+@pytest.mark.slow
 def test_auto_storage_counts_ranks_and_errors_are_one_line(folder, tmp_path, monkeypatch, capfd):
     need = 301 * 3 * 32 * 32  # decoded bytes of the folder at 32 px (the broken file counts until decoded)
     monkeypatch.setattr(dataset_mod, "available_memory", lambda: int(need / 0.7 * 2.5))  # 2 copies fit, 4 not

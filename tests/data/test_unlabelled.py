@@ -32,6 +32,7 @@ ARGS = ["data.image_size=16", "train.batch_size=16", "method.proj_hidden_dim=32"
         "train.progress=false", "train.precision=fp32"]
 
 
+@pytest.mark.slow
 def test_flat_folder_trains_checkpoints_and_draws_neighbours(flat_folder, tmp_path, capsys, monkeypatch):
     saved_steps = []
     real_save = engine.save_checkpoint
@@ -49,6 +50,7 @@ def test_flat_folder_trains_checkpoints_and_draws_neighbours(flat_folder, tmp_pa
     assert [r["epoch"] for r in read_csv(out / EPOCH_LOG)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_flat_folder_autoencoder_also_draws_reconstructions(flat_folder, tmp_path):
     out = tmp_path / "ae"
     assert main(["pretrain", "--recipe", "overlay_cifar10", "--data", str(flat_folder), "--epochs", "1", "--out", str(out),
@@ -57,6 +59,7 @@ def test_flat_folder_autoencoder_also_draws_reconstructions(flat_folder, tmp_pat
     assert (out / "recon.png").stat().st_size > 0 and (out / "neighbours.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_failing_monitor_loses_no_checkpoint(tiny_folder, tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise IndexError("index -1 is out of bounds")
@@ -69,6 +72,7 @@ def test_a_failing_monitor_loses_no_checkpoint(tiny_folder, tmp_path, capsys, mo
     assert load_checkpoint(out / "last.ckpt")["step"] == 2 * (77 // 16)
 
 
+@pytest.mark.slow
 def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pretrain", "--data", str(tiny_folder), "--epochs", "1", "--out", str(out), *ARGS]) == 0
@@ -78,6 +82,7 @@ def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_fold
     assert "untrained encoder: kNN top-1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_baseline_is_the_untrained_run_of_the_same_recipe(tiny_folder, tmp_path, capsys):
     from unveil.config import resolve
     from unveil.protocols.core import evaluate_knn

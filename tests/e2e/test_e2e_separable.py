@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from unveil.cli import main
 
 
+@pytest.mark.slow
 def test_short_simclr_run_separates_red_from_blue_with_eval_knn(tiny_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"

@@ -183,6 +183,7 @@ def test_supervised_input_filter_and_bad_filters():
         build_method("supervised", backbone=TinyNet(), data_info=INFO, input_filter={"blur": {}})
 
 
+@pytest.mark.slow
 def test_export_and_finetune_carry_the_filter(tiny_folder, tmp_path, monkeypatch, capsys):
     """epochs=0 run of masked SimCLR -> `unveil export` metadata -> `unveil eval finetune` config and method."""
     import argparse

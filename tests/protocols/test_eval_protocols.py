@@ -43,6 +43,7 @@ def flat_folder(tiny_folder, tmp_path) -> Path:
     return flat
 
 
+@pytest.mark.slow
 def test_unlabelled_run_says_labels_are_needed_and_evaluates_on_eval_data(flat_folder, tiny_folder, tmp_path,
                                                                            capsys):
     run = pretrain(flat_folder, tmp_path / "run")
@@ -76,6 +77,7 @@ def labelled_run(tiny_folder, tmp_path) -> Path:
     return pretrain(tiny_folder, tmp_path / "run", "data.subset=32")
 
 
+@pytest.mark.slow
 def test_feature_cache_is_keyed_by_data_and_never_reads_a_stale_file(labelled_run, tiny_folder, tmp_path,
                                                                      monkeypatch):
     calls = []
@@ -105,6 +107,7 @@ def test_feature_cache_is_keyed_by_data_and_never_reads_a_stale_file(labelled_ru
     assert len(list(labelled_run.glob("features_step*-*.safetensors"))) == 2
 
 
+@pytest.mark.slow
 def test_saved_settings_match_only_the_same_evaluation(labelled_run, tiny_folder):
     saved = protocols.evaluate_linear(labelled_run, epochs=2, lr=0.01)
     assert len(saved["history"]) == 2 and saved["settings"]["epochs"] == 2 and saved["settings"]["standardize"]
@@ -156,6 +159,7 @@ def test_supervised_augment_switch_trains_on_the_test_view():
     assert losses[True][0] != losses[True][1]  # random crops and flips differ by generator
 
 
+@pytest.mark.slow
 def test_finetune_resumes_an_interrupted_run_and_ends_as_an_uninterrupted_one(labelled_run, tmp_path, monkeypatch,
                                                                               capsys):
     reference = tmp_path / "reference"
@@ -273,6 +277,7 @@ def test_mae_probe_warm_up_head_init_and_lr_rule_are_maes(monkeypatch, one_threa
         linear_probe(x, y, x, y, 10, epochs=1, warmup_epochs=2)
 
 
+@pytest.mark.slow
 def test_linear_records_the_mae_options_only_when_on_and_the_cli_takes_them(labelled_run, capsys):
     plain = protocols.current_settings("linear", labelled_run, epochs=1)
     assert not {"warmup_epochs", "init_std", "head_bn"} & set(plain)  # records made before them stay valid
@@ -293,6 +298,7 @@ def test_linear_records_the_mae_options_only_when_on_and_the_cli_takes_them(labe
 
 
 @pytest.mark.parametrize("method,dim", [("simclr", 128), ("byol", 256)])
+@pytest.mark.slow
 def test_eval_knn_features_head_from_the_cli(tiny_folder, tmp_path, one_thread, method, dim):
     """``unveil eval knn RUN --features head``: the projection head's output (paper 5's monitor) beside the
     backbone's kNN, in its own file; SimCLR's 128-d projection, BYOL's 256-d projection (not the predictor)."""

@@ -90,6 +90,7 @@ def tiny_folder_module(tmp_path_factory) -> Path:
     return make_tiny_folder(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet(runs):
     vit = protocols.current_settings("finetune", runs["vit"], batch_size=128, epochs=20)
     assert vit["preset"] == "vit" and vit["optimizer"] == "adamw" and vit["betas"] == [0.9, 0.999]
@@ -132,6 +133,7 @@ def test_check_settings_accepts_the_new_options_and_refuses_bad_ones():
             protocols.check_settings("finetune", bad)
 
 
+@pytest.mark.slow
 def test_a_vit_fine_tune_trains_with_the_layer_decay_groups_and_saves_what_current_settings_says(runs, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(runs["cache"]))
     built = []
@@ -162,6 +164,7 @@ def test_a_vit_fine_tune_trains_with_the_layer_decay_groups_and_saves_what_curre
     assert len(built) == 2 and again["history"] == result["history"]
 
 
+@pytest.mark.slow
 def test_linear_head_bn_normalises_features_and_lars_runs():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 8, generator=g)
@@ -185,6 +188,7 @@ def test_linear_records_head_bn_only_when_on(runs):
     assert protocols.current_settings("linear", runs["vit"], head_bn=True, optimizer="lars")["head_bn"] is True
 
 
+@pytest.mark.slow
 def test_an_interrupted_vit_fine_tune_with_mixing_resumes_exactly(runs, tmp_path, monkeypatch):
     """Mixup/CutMix coins, lams and boxes come from the engine's generator: a resumed fine-tune ends
     with the weights of an uninterrupted one."""
@@ -222,6 +226,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_vit_fine_tune_lr_scales_with_the_global_batch(runs, monkeypatch, tmp_path):
     """MAE's lr is 5e-4 per 256 images of the *global* batch: N processes of batch B train at
     5e-4 x N·B/256. The protocol used to fix lr = 5e-4 x B/256 with scale_lr off, so N processes got an

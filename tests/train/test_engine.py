@@ -31,6 +31,7 @@ def tiny_cfg(folder: Path, out: Path, **train) -> dict:
     return resolve(None, over)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_folder, tmp_path, monkeypatch):
     full = engine.train(tiny_cfg(tiny_folder, tmp_path / "full", ckpt_every_steps=2))
     reference = load_checkpoint(full / "last.ckpt")
@@ -56,6 +57,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_folder, tmp_path, mo
         assert torch.equal(value, resumed["model"][key]), key
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_and_other_seed_differs(tiny_folder, tmp_path):
     a = load_checkpoint(engine.train(tiny_cfg(tiny_folder, tmp_path / "a", epochs=1)) / "last.ckpt")["model"]
     b = load_checkpoint(engine.train(tiny_cfg(tiny_folder, tmp_path / "b", epochs=1)) / "last.ckpt")["model"]
@@ -95,6 +97,7 @@ def test_missing_data_path_names_it(tmp_path, capsys):
     assert code == 2 and "nowhere" in err[-1]
 
 
+@pytest.mark.slow
 def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
     from unveil.export import torchvision_model
     from unveil.runs.checkpoint import load_run
@@ -108,6 +111,7 @@ def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
         assert torch.allclose(tv(x), method.backbone(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder, tmp_path):
     from unveil.protocols.core import evaluate_knn
 
@@ -123,6 +127,7 @@ def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder
         tiny_cfg(tiny_folder, tmp_path / "bad", epochs=-1)
 
 
+@pytest.mark.slow
 def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
     from unveil.protocols.core import evaluate_finetune, evaluate_linear
 

@@ -111,6 +111,7 @@ def test_lars_leaves_excluded_groups_as_plain_momentum_sgd():
     assert torch.allclose(w.detach(), ref_w - 0.5 * trust * g, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_accumulation_matches_the_full_batch(tiny_folder, tmp_path):
     full = engine.train(_cfg(tiny_folder, tmp_path / "full"))
     accum = engine.train(_cfg(tiny_folder, tmp_path / "accum", "train.accumulate_steps=2"))
@@ -126,6 +127,7 @@ def test_accumulation_must_divide_the_batch():
         resolve(None, ["train.batch_size=10", "train.accumulate_steps=3"])
 
 
+@pytest.mark.slow
 def test_gradient_clipping_bounds_the_step_and_logs_the_norm(tiny_folder, tmp_path):
     from unveil.runs.logs import STEP_LOG, read_csv
 
@@ -172,6 +174,7 @@ def test_cifar_stem_auto_follows_the_image_size():
     assert backbone_config({"name": "rr_resnet32", "cifar_stem": "auto"}, 64)[0]["cifar_stem"] is True  # only stem
 
 
+@pytest.mark.slow
 def test_run_says_which_stem_and_export_records_it(tiny_folder, tmp_path, capsys):
     from unveil.cli import main
     from unveil.export import read_metadata

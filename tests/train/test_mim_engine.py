@@ -34,6 +34,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
                           timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_mae_run_exports_into_timm_and_reconstructs(tiny_folder, tmp_path):
     timm = pytest.importorskip("timm")
     run = tmp_path / "run"
@@ -68,6 +69,7 @@ def test_mae_run_exports_into_timm_and_reconstructs(tiny_folder, tmp_path):
     assert h > w / 4 * 2  # three rows of 4 tiles: masked | reconstruction | original
 
 
+@pytest.mark.slow
 def test_vit_on_photos_larger_than_32px_picks_8px_patches(tmp_path):
     """A folder of 64 px photos: 8 px patches (8x8 tokens), said in the run's first line."""
     from PIL import Image

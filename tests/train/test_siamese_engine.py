@@ -28,6 +28,7 @@ def _cfg(folder: Path, out: Path, method: list[str], **train) -> dict:
      "backbone.", "target_backbone."),
     (["method.name=moco", "method.queue_size=32", "method.bn_splits=2"], "backbone.", "key_backbone."),
 ])
+@pytest.mark.slow
 def test_momentum_copy_starts_from_init_backbone(tiny_folder, tmp_path, method, online, target):
     source = engine.train(_cfg(tiny_folder, tmp_path / "source", ["method.proj_hidden_dim=32", "method.proj_dim=16"],
                                epochs=1))

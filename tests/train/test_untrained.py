@@ -3,6 +3,7 @@ what every baseline (kNN, linear, fine-tune, activation maps) is computed on, in
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unveil.config import resolve
@@ -19,6 +20,7 @@ def _cfg(folder, out, *extra):
                           "train.precision=fp32", "train.progress=false", *extra])
 
 
+@pytest.mark.slow
 def test_the_untrained_encoder_is_what_the_engine_starts_from(tiny_folder, tmp_path, one_thread):
     run = engine.train(_cfg(tiny_folder, tmp_path / "zero"))
     state = load_checkpoint(run / "last.ckpt")
@@ -27,6 +29,7 @@ def test_the_untrained_encoder_is_what_the_engine_starts_from(tiny_folder, tmp_p
     assert all(torch.equal(built[k], v) for k, v in state["model"].items())
 
 
+@pytest.mark.slow
 def test_init_backbone_weights_are_the_untrained_encoder_and_its_target(tiny_folder, tmp_path, one_thread):
     first = engine.train(_cfg(tiny_folder, tmp_path / "a", "train.epochs=1", "train.seed=7"))
     state = load_checkpoint(first / "last.ckpt")
