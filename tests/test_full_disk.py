@@ -111,6 +111,14 @@ def test_writes_outside_atomic_write_are_one_line_too(monkeypatch, capsys, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"unveil: error: no space to write {tmp_path / 'log.csv'}"), err
 
+    def unnamed(args):  # an error that names no file still gets one line, without an invented path
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, unnamed))
+    assert cli.main(["pretrain", "--data", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unveil: error: no space left while writing ("), err
+
 
 class _Fixed:
     """A parser whose every command is ``func``."""

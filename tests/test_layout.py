@@ -142,6 +142,7 @@ print(" ".join(sorted({n.split(".")[1] for n in sys.modules if n.startswith("unv
 """
 
 
+@pytest.mark.dist  # a fresh child interpreter: what `import unveil.corruptions` really loads
 def test_importing_the_corruptions_and_views_loads_nothing_above_them():
     # One interpreter for both (a fresh one costs seconds, mostly torch): neither may load the other
     # pipeline layers, so loading them together checks both.

@@ -46,8 +46,11 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:
         if not is_out_of_space(exc):
             raise
-        path = Path(getattr(exc, "filename", None) or Path.cwd() / "(a file)")
-        raise UserError(no_space_message(path, exc)) from None
+        filename = getattr(exc, "filename", None)
+        if filename:
+            raise UserError(no_space_message(Path(filename), exc)) from None
+        raise UserError(f"no space left while writing ({exc}): free some space, or point --out, data.cache_dir or "
+                        "UNVEIL_CACHE to another disk") from None
 
 
 def main(argv: list[str] | None = None) -> int:
