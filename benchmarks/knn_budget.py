@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from unveil.config import resolve
-from unveil.protocols.core import evaluate_knn
+from unveil.protocols.knn import evaluate_knn
 from unveil.runs.logs import STEP_LOG, read_csv
 from unveil.train.engine import train
 

@@ -117,7 +117,7 @@ def _run(method: str, args: argparse.Namespace, limit: float, points: list[dict[
 def _knn10(run_dir: str, device: str) -> float | None:
     """The finished encoder scored with k=10 (weighted, T=0.1) beside the k=200 monitor: dkobak's anchor uses k=10."""
     try:
-        from unveil.protocols.core import evaluate_knn
+        from unveil.protocols.knn import evaluate_knn
 
         return float(evaluate_knn(run_dir, k=10, temperature=0.1, device=device)["top1"])
     except Exception as exc:  # noqa: BLE001 - a failed extra score must not lose the table

@@ -3,6 +3,7 @@ exports; its corruption behaves as the corruption rules say. Their registered na
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -15,12 +16,14 @@ from unveil.cli import main
 from unveil.corruptions import CORRUPTIONS, build_corruption
 from unveil.errors import UserError
 from unveil.methods import METHODS
+from unveil.protocols.base import PROTOCOLS
 from unveil.runs.checkpoint import load_checkpoint, load_run
 from unveil.runs.logs import STEP_LOG, read_csv
 from unveil.train import engine
 
 DOC = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 NAME = "_contributing_rotation"
+PROTOCOL = "_contributing_centroid"
 
 
 def _blocks() -> list[str]:
@@ -29,7 +32,8 @@ def _blocks() -> list[str]:
 
 def _load(code: str, module_name: str) -> types.ModuleType:
     code = code.replace('@register("rotation"', f'@register("{NAME}"').replace(
-        '@register_corruption("rotation")', f'@register_corruption("{NAME}")')
+        '@register_corruption("rotation")', f'@register_corruption("{NAME}")').replace(
+        'NAME = "centroid"', f'NAME = "{PROTOCOL}"')
     module = types.ModuleType(module_name)
     sys.modules[module_name] = module  # dataclasses look their module up
     exec(compile(code, f"{DOC}:{module_name}", "exec"), module.__dict__)
@@ -38,11 +42,13 @@ def _load(code: str, module_name: str) -> types.ModuleType:
 
 @pytest.fixture
 def examples():
-    method_code, corruption_code = _blocks()
-    yield _load(method_code, "contributing_method"), _load(corruption_code, "contributing_corruption")
+    method_code, corruption_code, protocol_code = _blocks()
+    yield (_load(method_code, "contributing_method"), _load(corruption_code, "contributing_corruption"),
+           _load(protocol_code, "contributing_protocol"))
     METHODS.remove(NAME)
     CORRUPTIONS.remove(NAME)
-    for name in ("contributing_method", "contributing_corruption"):
+    PROTOCOLS.remove(PROTOCOL)
+    for name in ("contributing_method", "contributing_corruption", "contributing_protocol"):
         sys.modules.pop(name, None)
 
 
@@ -87,3 +93,36 @@ def test_the_corruption_example_is_pure_seeded_and_checked(examples):
         build_corruption(NAME, max_turns=5)
     with pytest.raises(UserError, match="needs square images"):
         corrupt(torch.rand(2, 3, 8, 6), torch.Generator())
+
+
+def test_the_protocol_example_scores_known_answers_and_is_generated_everywhere(examples, tiny_folder, tmp_path, capsys):
+    """One file registers it: `unveil eval` has its verb, a suite may list it (its settings checked), the
+    suite table and CSV have its column; its score is right on features whose answer is known."""
+    from unveil.bench.spec import load_suite
+    from unveil.bench.table import csv_columns, to_markdown
+    from unveil.config import resolve
+
+    centroid = examples[2]
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat(25)
+    centres = torch.eye(4, 16) * 10
+    x = centres[y] + torch.randn(100, 16, generator=g)
+    assert centroid.centroid_top1(x, y, x, y, 4) == 100.0  # separable: every image is nearest its own mean
+    shuffled = centroid.centroid_top1(x, y[torch.randperm(100, generator=g)], x, y, 4)
+    assert shuffled < 60.0  # labels unrelated to the features: near chance (25 %), not the 100 above
+
+    run = engine.train(resolve(None, [f"data.name={tiny_folder}", "data.image_size=16", f"out={tmp_path / 'run'}",
+                                      "train.epochs=0", "train.progress=false", "train.monitor=none",
+                                      "backbone.cifar_stem=false", "train.precision=fp32"]))
+    assert main(["eval", PROTOCOL, str(run)]) == 0
+    assert "untrained encoder, same data and protocol" in capsys.readouterr().out
+    saved = json.loads((run / f"eval_{PROTOCOL}.json").read_text())
+    assert 0.0 <= saved["top1"] <= 100.0 and saved["untrained"]["top1"] == saved["top1"]  # epochs=0: same weights
+    assert saved["settings"]["protocol"] == PROTOCOL and saved["settings"]["step"] == 0
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"entries:\n  - name: a\n    recipe: simclr_cifar10\n    evaluate: [{{{PROTOCOL}: {{}}}}]\n")
+    assert "centroid" in to_markdown(load_suite(suite), "smoke", [], [], tmp_path)
+    assert f"{PROTOCOL}_top1" in csv_columns()
+    with pytest.raises(SystemExit):  # the verb takes no --k: argparse refuses it
+        main(["eval", PROTOCOL, str(run), "--k", "3"])

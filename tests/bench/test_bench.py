@@ -22,7 +22,7 @@ from unveil.build import build_method_for
 from unveil.cli import main
 from unveil.errors import UserError
 from unveil.methods.base import Method
-from unveil.protocols.core import linear_protocol_name
+from unveil.protocols.linear import linear_protocol_name
 from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
 
@@ -250,7 +250,8 @@ def test_knn_on_the_head_beside_the_backbone(tiny_folder, tmp_path, capsys):
     """kNN with ``features: head`` (paper 5's monitor, on the 128-d head output) is its own evaluation:
     saved as eval_knn_head.json beside eval_knn.json, shown as its own column, the untrained row too,
     reused on a second run; a method without a head says so in one line."""
-    from unveil.protocols.core import evaluate_knn, head_embedder
+    from unveil.protocols._shared import head_embedder
+    from unveil.protocols.knn import evaluate_knn
 
     both = [{"knn": {"k": 5}}, {"knn": {"k": 5, "features": "head"}}]
     moco = {"name": "moco", "recipe": "moco_cifar10", "evaluate": both, "paper": {"knn": 88.97}, "paper_setting": "x",

@@ -85,7 +85,7 @@ def test_labelled_monitor_reports_its_share_and_the_untrained_baseline(tiny_fold
 @pytest.mark.slow
 def test_eval_baseline_is_the_untrained_run_of_the_same_recipe(tiny_folder, tmp_path, capsys):
     from unveil.config import resolve
-    from unveil.protocols.core import evaluate_knn
+    from unveil.protocols.knn import evaluate_knn
 
     def cfg(out, epochs):
         return resolve(None, [f"data.name={tiny_folder}", f"out={out}", f"train.epochs={epochs}", *ARGS,

@@ -18,7 +18,7 @@ import torch
 
 from unveil.config import resolve
 from unveil.losses.ntxent import nt_xent
-from unveil.protocols.core import evaluate_knn
+from unveil.protocols.knn import evaluate_knn
 from unveil.runs.checkpoint import load_run
 from unveil.train import engine
 

@@ -189,7 +189,7 @@ def test_export_and_finetune_carry_the_filter(tiny_folder, tmp_path, monkeypatch
     import argparse
 
     from unveil.commands import export as export_cmd
-    from unveil.protocols.core import evaluate_finetune
+    from unveil.protocols.finetune import evaluate_finetune
     from unveil.runs.checkpoint import load_run
     from unveil.train import engine
 

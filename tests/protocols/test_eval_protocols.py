@@ -14,7 +14,11 @@ import torch
 from unveil.cli import main
 from unveil.errors import UserError
 from unveil.eval.linear import linear_probe
-from unveil.protocols import core as protocols
+from unveil.protocols import _shared as shared
+from unveil.protocols import base
+from unveil.protocols import finetune as pfinetune
+from unveil.protocols import knn as pknn
+from unveil.protocols import linear as plinear
 from unveil.protocols.settings import stale_reason
 from unveil.runs.checkpoint import load_checkpoint
 from unveil.train import engine
@@ -81,13 +85,13 @@ def labelled_run(tiny_folder, tmp_path) -> Path:
 def test_feature_cache_is_keyed_by_data_and_never_reads_a_stale_file(labelled_run, tiny_folder, tmp_path,
                                                                      monkeypatch):
     calls = []
-    real = protocols.extract
+    real = shared.extract
 
     def counting(embed, images, *args, **kwargs):
         calls.append(len(images))
         return real(embed, images, *args, **kwargs)
 
-    monkeypatch.setattr(protocols, "extract", counting)
+    monkeypatch.setattr(shared, "extract", counting)
     step = load_checkpoint(labelled_run / "last.ckpt")["step"]
     # A cache keyed by step only (as before) would be read back here: garbage of the wrong shape.
     bogus = {"train_x": torch.zeros(3, 1), "train_y": torch.zeros(3, dtype=torch.long),
@@ -96,25 +100,25 @@ def test_feature_cache_is_keyed_by_data_and_never_reads_a_stale_file(labelled_ru
 
     save_file(bogus, str(labelled_run / f"features_step{step}.safetensors"))
 
-    knn = protocols.evaluate_knn(labelled_run, k=5)
+    knn = pknn.evaluate_knn(labelled_run, k=5)
     assert calls == [32, 19] and knn["train_images"] == 32  # data.subset=32; 96 images, 20 % held out
-    protocols.evaluate_linear(labelled_run, epochs=1)
+    plinear.evaluate_linear(labelled_run, epochs=1)
     assert calls == [32, 19]  # same step, data and precision: read from the cache
     other = tmp_path / "other"
     shutil.copytree(tiny_folder, other)
-    knn_other = protocols.evaluate_knn(labelled_run, k=5, eval_data=str(other))
+    knn_other = pknn.evaluate_knn(labelled_run, k=5, eval_data=str(other))
     assert calls == [32, 19, 77, 19] and knn_other["train_images"] == 77  # no subset on --eval-data
     assert len(list(labelled_run.glob("features_step*-*.safetensors"))) == 2
 
 
 @pytest.mark.slow
 def test_saved_settings_match_only_the_same_evaluation(labelled_run, tiny_folder):
-    saved = protocols.evaluate_linear(labelled_run, epochs=2, lr=0.01)
+    saved = plinear.evaluate_linear(labelled_run, epochs=2, lr=0.01)
     assert len(saved["history"]) == 2 and saved["settings"]["epochs"] == 2 and saved["settings"]["standardize"]
-    assert stale_reason(saved, protocols.current_settings("linear", labelled_run, epochs=2, lr=0.01)) is None
+    assert stale_reason(saved, base.current_settings("linear", labelled_run, epochs=2, lr=0.01)) is None
     for changed in ({"epochs": 3}, {"lr": 0.1}, {"batch_size": 8}, {"optimizer": "sgd"}, {"weight_decay": 1e-4},
                     {"standardize": False}, {"schedule": "constant"}, {"eval_data": str(tiny_folder)}):
-        wanted = protocols.current_settings("linear", labelled_run, **{"epochs": 2, "lr": 0.01, **changed})
+        wanted = base.current_settings("linear", labelled_run, **{"epochs": 2, "lr": 0.01, **changed})
         reason = stale_reason(saved, wanted)
         assert reason and "other settings" in reason, changed
     assert "no settings" in stale_reason({"top1": 50.0}, {"protocol": "knn"})
@@ -137,7 +141,7 @@ def test_linear_probe_variants_do_what_they_say(monkeypatch):
     linear_probe(x, y, x, y, 3, epochs=1, schedule="constant", standardize=False)  # RR: no schedule
     with pytest.raises(AssertionError, match="cosine"):
         linear_probe(x, y, x, y, 3, epochs=1)
-    assert protocols.linear_protocol_name(100, 1e-3, 128, "adam", 0.0, False, "constant").startswith("RR")
+    assert plinear.linear_protocol_name(100, 1e-3, 128, "adam", 0.0, False, "constant").startswith("RR")
 
 
 def test_supervised_augment_switch_trains_on_the_test_view():
@@ -174,7 +178,7 @@ def test_finetune_resumes_an_interrupted_run_and_ends_as_an_uninterrupted_one(la
 
     monkeypatch.setattr(engine, "save_checkpoint", crash_after_first_finetune_epoch)
     with pytest.raises(KeyboardInterrupt):
-        protocols.evaluate_finetune(labelled_run, **settings)
+        pfinetune.evaluate_finetune(labelled_run, **settings)
     out = labelled_run / "finetune"
     assert load_checkpoint(out / "last.ckpt")["step"] == 2  # 32 images, batch 16: 2 steps per epoch
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
@@ -188,20 +192,20 @@ def test_finetune_resumes_an_interrupted_run_and_ends_as_an_uninterrupted_one(la
 
     monkeypatch.setattr(engine, "train", spy)
     capsys.readouterr()
-    resumed = protocols.evaluate_finetune(labelled_run, **settings)
+    resumed = pfinetune.evaluate_finetune(labelled_run, **settings)
     assert calls == [out] and "continuing the interrupted fine-tune from step 2" in capsys.readouterr().err
     assert load_checkpoint(out / "last.ckpt")["step"] == 4 and [r["epoch"] for r in resumed["history"]] == [1, 2]
 
-    straight = protocols.evaluate_finetune(reference, **settings)
+    straight = pfinetune.evaluate_finetune(reference, **settings)
     assert calls == [out, None]
     assert [r["test_top1"] for r in resumed["history"]] == [r["test_top1"] for r in straight["history"]]
     a = load_checkpoint(out / "last.ckpt")["model"]
     b = load_checkpoint(reference / "finetune" / "last.ckpt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed fine-tune ends where the uninterrupted one does
 
-    assert protocols.evaluate_finetune(labelled_run, **settings)["history"] == resumed["history"]
+    assert pfinetune.evaluate_finetune(labelled_run, **settings)["history"] == resumed["history"]
     assert calls == [out, None]  # finished with the same settings: read back, not retrained
-    protocols.evaluate_finetune(labelled_run, **{**settings, "lr": 0.02})
+    pfinetune.evaluate_finetune(labelled_run, **{**settings, "lr": 0.02})
     assert calls == [out, None, None] and "starting it over" in capsys.readouterr().err
     assert json.loads((labelled_run / "eval_finetune.json").read_text())["settings"]["lr"] == 0.02
 
@@ -279,9 +283,9 @@ def test_mae_probe_warm_up_head_init_and_lr_rule_are_maes(monkeypatch, one_threa
 
 @pytest.mark.slow
 def test_linear_records_the_mae_options_only_when_on_and_the_cli_takes_them(labelled_run, capsys):
-    plain = protocols.current_settings("linear", labelled_run, epochs=1)
+    plain = base.current_settings("linear", labelled_run, epochs=1)
     assert not {"warmup_epochs", "init_std", "head_bn"} & set(plain)  # records made before them stay valid
-    on = protocols.current_settings("linear", labelled_run, epochs=1, lr="mae-budget", optimizer="lars",
+    on = base.current_settings("linear", labelled_run, epochs=1, lr="mae-budget", optimizer="lars",
                                     warmup_epochs=0.5, init_std=0.01, head_bn=True)
     assert (on["lr"], on["warmup_epochs"], on["init_std"], on["head_bn"]) == ("mae-budget", 0.5, 0.01, True)
     assert main(["eval", "linear", str(labelled_run), "--epochs", "2", "--head-bn", "--optimizer", "lars",
@@ -289,7 +293,7 @@ def test_linear_records_the_mae_options_only_when_on_and_the_cli_takes_them(labe
                  "--no-baseline", "--device", "cpu"]) == 0
     saved = json.loads((labelled_run / "eval_linear.json").read_text())
     assert saved["lr"] == "mae-budget" and saved["lr_used"] > 6.4 and saved["init_std"] == 0.01
-    assert saved["settings"] == protocols.current_settings(
+    assert saved["settings"] == base.current_settings(
         "linear", labelled_run, epochs=2, lr="mae-budget", optimizer="lars", warmup_epochs=1.0, init_std=0.01,
         head_bn=True, standardize=False)
     capsys.readouterr()

@@ -17,7 +17,8 @@ from unveil.eval.linear import linear_probe
 from unveil.methods import DataInfo, build_method
 from unveil.optim import build_optimizer
 from unveil.param_groups import default_param_groups
-from unveil.protocols import core as protocols
+from unveil.protocols import base
+from unveil.protocols import finetune as pfinetune
 from unveil.train import engine
 
 INFO = DataInfo(name="x", num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -92,7 +93,7 @@ def tiny_folder_module(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet(runs):
-    vit = protocols.current_settings("finetune", runs["vit"], batch_size=128, epochs=20)
+    vit = base.current_settings("finetune", runs["vit"], batch_size=128, epochs=20)
     assert vit["preset"] == "vit" and vit["optimizer"] == "adamw" and vit["betas"] == [0.9, 0.999]
     # 5e-4 per 256 images of the global batch: the engine scales it (scale_lr), by all processes' batch
     assert vit["lr"] == 5e-4 and vit["scale_lr"] is True and vit["weight_decay"] == 0.05
@@ -102,35 +103,35 @@ def test_protocol_auto_picks_vit_for_a_vit_run_and_the_old_defaults_for_a_resnet
     assert (vit["rand_augment"], vit["random_erasing"], vit["global_pool"], vit["min_lr"]) == (
         "rand-m9-mstd0.5-inc1", 0.25, True, 1e-6)
     assert vit["warmup_epochs"] == 2.0  # 10 % of 20 epochs (5 from 50 epochs on)
-    assert protocols.current_settings("finetune", runs["vit"], epochs=100)["warmup_epochs"] == 5.0
-    mine = protocols.current_settings("finetune", runs["vit"], lr=0.1, layer_decay=0.75, mixup=0.0,
+    assert base.current_settings("finetune", runs["vit"], epochs=100)["warmup_epochs"] == 5.0
+    mine = base.current_settings("finetune", runs["vit"], lr=0.1, layer_decay=0.75, mixup=0.0,
                                       rand_augment="none", random_erasing=0, global_pool=False)
     assert (mine["lr"], mine["layer_decay"], mine["mixup"], mine["cutmix"]) == (0.1, 0.75, 0.0, 1.0)
     assert "scale_lr" not in mine  # a given lr is absolute
     assert (mine["rand_augment"], mine["random_erasing"], mine["global_pool"]) == (None, 0.0, False)
-    assert protocols.vit_layer_decay({"backbone": {"depth": 24}}) == 0.75  # MAE's ViT-L value
+    assert pfinetune.vit_layer_decay({"backbone": {"depth": 24}}) == 0.75  # MAE's ViT-L value
 
-    resnet = protocols.current_settings("finetune", runs["resnet"])
+    resnet = base.current_settings("finetune", runs["resnet"])
     old = {"protocol": "finetune", "epochs": 20, "lr": 0.01, "batch_size": 256, "optimizer": "sgd",
            "weight_decay": 1e-4, "overrides": [], "augment": True}
     assert {k: v for k, v in resnet.items() if k not in ("step", "data")} == old  # records made before stay valid
-    as_vit = protocols.current_settings("finetune", runs["resnet"], protocol="convnet", label_smoothing=0.1)
+    as_vit = base.current_settings("finetune", runs["resnet"], protocol="convnet", label_smoothing=0.1)
     assert as_vit["preset"] == "convnet" and as_vit["label_smoothing"] == 0.1 and as_vit["lr"] == 0.01
     with pytest.raises(Exception, match="protocol must be one of"):
-        protocols.current_settings("finetune", runs["resnet"], protocol="beit")
+        base.current_settings("finetune", runs["resnet"], protocol="beit")
     for option in ({"layer_decay": 0.75}, {"drop_path": 0.1}, {"protocol": "vit"},
                    {"global_pool": True}):  # one line, before training
         with pytest.raises(UserError, match="needs a ViT backbone"):
-            protocols.evaluate_finetune(runs["resnet"], **option)
+            pfinetune.evaluate_finetune(runs["resnet"], **option)
     assert not (runs["resnet"] / "finetune").exists()
 
 
 def test_check_settings_accepts_the_new_options_and_refuses_bad_ones():
-    protocols.check_settings("finetune", {"protocol": "vit", "layer_decay": 0.65, "optimizer": None, "mixup": 0.8})
-    protocols.check_settings("linear", {"optimizer": "lars", "head_bn": True})
+    base.check_settings("finetune", {"protocol": "vit", "layer_decay": 0.65, "optimizer": None, "mixup": 0.8})
+    base.check_settings("linear", {"optimizer": "lars", "head_bn": True})
     for bad in ({"protocol": "x"}, {"layer_decay": 0}, {"mixup": -1}, {"label_smoothing": 2}):
         with pytest.raises(Exception, match="finetune"):
-            protocols.check_settings("finetune", bad)
+            base.check_settings("finetune", bad)
 
 
 @pytest.mark.slow
@@ -146,7 +147,7 @@ def test_a_vit_fine_tune_trains_with_the_layer_decay_groups_and_saves_what_curre
 
     monkeypatch.setattr(engine, "build_optimizer", spy)
     settings = {"epochs": 1, "batch_size": 16, "overrides": ["train.progress=false"]}
-    result = protocols.evaluate_finetune(runs["vit"], baseline=True, **settings)
+    result = pfinetune.evaluate_finetune(runs["vit"], baseline=True, **settings)
     base_lr = 5e-4 * 16 / 256
     assert len(built) == 2  # the run's encoder and the untrained one
     lr, groups = built[0]
@@ -157,10 +158,10 @@ def test_a_vit_fine_tune_trains_with_the_layer_decay_groups_and_saves_what_curre
     cfg = yaml.safe_load((runs["vit"] / "finetune" / "config.yaml").read_text())
     assert cfg["train"]["min_lr"] == 1e-6 and cfg["backbone"]["global_pool"] == "avg"
     assert (cfg["method"]["rand_augment"], cfg["method"]["random_erasing"]) == ("rand-m9-mstd0.5-inc1", 0.25)
-    assert result["settings"] == protocols.current_settings("finetune", runs["vit"], **settings)
+    assert result["settings"] == base.current_settings("finetune", runs["vit"], **settings)
     assert "best_top1" in result["untrained"]
     assert (runs["vit"] / "finetune_untrained" / "untrained_backbone.safetensors").is_file()
-    again = protocols.evaluate_finetune(runs["vit"], **settings)  # finished with these settings: read back
+    again = pfinetune.evaluate_finetune(runs["vit"], **settings)  # finished with these settings: read back
     assert len(built) == 2 and again["history"] == result["history"]
 
 
@@ -184,8 +185,8 @@ def test_linear_head_bn_normalises_features_and_lars_runs():
 
 
 def test_linear_records_head_bn_only_when_on(runs):
-    assert "head_bn" not in protocols.current_settings("linear", runs["vit"])
-    assert protocols.current_settings("linear", runs["vit"], head_bn=True, optimizer="lars")["head_bn"] is True
+    assert "head_bn" not in base.current_settings("linear", runs["vit"])
+    assert base.current_settings("linear", runs["vit"], head_bn=True, optimizer="lars")["head_bn"] is True
 
 
 @pytest.mark.slow
@@ -208,13 +209,13 @@ def test_an_interrupted_vit_fine_tune_with_mixing_resumes_exactly(runs, tmp_path
 
     monkeypatch.setattr(engine, "save_checkpoint", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        protocols.evaluate_finetune(run, **settings)
+        pfinetune.evaluate_finetune(run, **settings)
     monkeypatch.setattr(engine, "save_checkpoint", real_save)
     from unveil.runs.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "finetune" / "last.ckpt")["step"] == 2  # 32 images, batch 16
-    resumed = protocols.evaluate_finetune(run, **settings)
-    straight = protocols.evaluate_finetune(reference, **settings)
+    resumed = pfinetune.evaluate_finetune(run, **settings)
+    straight = pfinetune.evaluate_finetune(reference, **settings)
     assert resumed["mixup"] == 0.8 and [r["test_top1"] for r in resumed["history"]] == [
         r["test_top1"] for r in straight["history"]]
     a = load_checkpoint(run / "finetune" / "last.ckpt")["model"]
@@ -242,7 +243,7 @@ def test_vit_fine_tune_lr_scales_with_the_global_batch(runs, monkeypatch, tmp_pa
 
     monkeypatch.setattr(engine, "train", capture)
     with pytest.raises(_Stop):
-        protocols.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, baseline=False)
+        pfinetune.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, baseline=False)
     cfg = seen[0]
     dataset = load_dataset_for(cfg)
 
@@ -256,7 +257,7 @@ def test_vit_fine_tune_lr_scales_with_the_global_batch(runs, monkeypatch, tmp_pa
     assert engine_lr(1) == pytest.approx(5e-4 * 8 / 256)
     assert engine_lr(2) == pytest.approx(5e-4 * 16 / 256)  # 2 processes x 8 images
     with pytest.raises(_Stop):  # an lr given by hand is absolute: not scaled
-        protocols.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, lr=1e-3, baseline=False)
+        pfinetune.evaluate_finetune(runs["vit"], epochs=1, batch_size=8, lr=1e-3, baseline=False)
     assert (seen[1]["train"]["lr"], seen[1]["train"]["scale_lr"]) == (1e-3, False)
 
 
@@ -391,7 +392,7 @@ def test_supervised_with_maes_augmentation_normalises_after_rand_augment_and_era
 
 
 def test_fine_tune_without_augmentation_records_no_rand_augment_or_erasing(runs):
-    plain = protocols.current_settings("finetune", runs["vit"], augment=False)
+    plain = base.current_settings("finetune", runs["vit"], augment=False)
     assert (plain["rand_augment"], plain["random_erasing"]) == (None, 0.0)  # the test view, nothing on top
     with pytest.raises(UserError, match="need augment=true"):
-        protocols.current_settings("finetune", runs["vit"], augment=False, random_erasing=0.25)
+        base.current_settings("finetune", runs["vit"], augment=False, random_erasing=0.25)

@@ -113,7 +113,7 @@ def test_export_loads_into_torchvision_strictly(tiny_folder, tmp_path):
 
 @pytest.mark.slow
 def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder, tmp_path):
-    from unveil.protocols.core import evaluate_knn
+    from unveil.protocols.knn import evaluate_knn
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "random", epochs=0))
     state = load_checkpoint(run / "last.ckpt")
@@ -129,7 +129,8 @@ def test_zero_epochs_saves_the_initial_weights_for_a_random_baseline(tiny_folder
 
 @pytest.mark.slow
 def test_supervised_finetune_and_linear_eval_from_a_run(tiny_folder, tmp_path):
-    from unveil.protocols.core import evaluate_finetune, evaluate_linear
+    from unveil.protocols.finetune import evaluate_finetune
+    from unveil.protocols.linear import evaluate_linear
 
     run = engine.train(tiny_cfg(tiny_folder, tmp_path / "run", epochs=1))
     lin = evaluate_linear(run, epochs=5, device="cpu")

@@ -209,7 +209,7 @@ def test_auto_batch_fits_small_folders():
 
 
 def test_batchnorm_recalibration_estimates_the_data_statistics_and_leaves_weights():
-    from unveil.protocols.core import recalibrate_batchnorm
+    from unveil.protocols._shared import recalibrate_batchnorm
 
     class Probe(nn.Module):
         def __init__(self):

@@ -36,7 +36,6 @@ An entry's evaluations are keyed by *slot*: the protocol's name, except kNN on t
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import yaml
 
 from ..config import load_yaml, merge, parse_overrides, recipes_dir, resolve, validate
 from ..errors import UserError, require
-from ..protocols.settings import PROTOCOLS
+from ..protocols.base import PROTOCOLS, slot_protocol
 
 SCALES = ("smoke", "cpu", "gpu")
 __all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "eval_slot", "load_suite", "plan_suite", "pretrain_state",
@@ -53,14 +52,9 @@ __all__ = ["PROTOCOLS", "SCALES", "Entry", "Planned", "Suite", "eval_slot", "loa
 
 
 def eval_slot(kind: str, settings: dict[str, Any]) -> str:
-    """Where an evaluation's result goes: ``knn_head`` for kNN on the head embedding (saved by
-    ``evaluate_knn`` as ``eval_knn_head.json``), else the protocol's own name."""
-    return "knn_head" if kind == "knn" and settings.get("features") == "head" else kind
-
-
-def slot_protocol(slot: str) -> str:
-    """The protocol behind a slot (``knn_head`` -> ``knn``)."""
-    return "knn" if slot == "knn_head" else slot
+    """Where an evaluation's result goes (``eval_<slot>.json``): the protocol's ``slot`` for these settings
+    (``knn_head`` for kNN on the head embedding), else the protocol's own name."""
+    return PROTOCOLS.lookup(kind).slot(settings)
 
 
 @dataclass
@@ -152,6 +146,9 @@ def _entry(raw: Any, where: str) -> Entry:
     paper = raw.get("paper") or {}
     require(isinstance(paper, dict) and all(isinstance(v, (int, float)) for v in paper.values()),
             f"{where}.paper must map a protocol to the paper's top-1 %, e.g. {{finetune: 38.1}}")
+    with_paper = [p.name for p in PROTOCOLS.values() if p.paper_label]
+    require(set(paper) <= set(with_paper), f"{where}.paper: unknown protocol(s) {', '.join(sorted(set(paper) - set(with_paper)))}; "
+            f"the paper's numbers go under {', '.join(with_paper)}")
     return Entry(name=name, recipe=str(raw["recipe"]), overrides=_str_list(raw.get("overrides") or [], f"{where}.overrides"),
                  evaluate=evaluate, paper={k: float(v) for k, v in paper.items()},
                  paper_setting=str(raw.get("paper_setting", "")), scales=_scales(raw.get("scales") or {}, f"{where}.scales"),
@@ -216,13 +213,10 @@ def pretrain_state(run_dir: Path) -> str:
 
 def check_protocol_settings(kind: str, settings: dict[str, Any], where: str) -> None:
     """Misspelt or unknown settings fail at planning time, naming the entry."""
-    from ..protocols.core import check_settings, protocol_function
+    from ..protocols.base import check_settings
 
     try:
-        inspect.signature(protocol_function(kind)).bind("run", **settings)
         check_settings(kind, settings)
-    except TypeError as exc:
-        raise UserError(f"{where}: bad {kind} setting(s) {sorted(settings)} ({exc})") from None
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 

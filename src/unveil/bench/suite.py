@@ -21,7 +21,7 @@ import yaml
 
 from ..errors import UserError, require
 from ..io import atomic_write_text
-from ..protocols.core import current_settings, protocol_function
+from ..protocols.base import current_settings, protocol_function
 from ..protocols.settings import comparable, differences, stale_reason
 from ..runs.checkpoint import CONFIG_NAME
 from ..train import engine

@@ -15,14 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
+from ..protocols.base import Column, ordered
 from .spec import Planned, Suite
 
-COLUMNS = (
-    "entry", "status", "recipe", "method", "data", "train_images", "test_images", "pretrain_epochs",
-    "finetune_best_top1", "finetune_last_top1", "finetune_best_epoch", "linear_best_top1", "linear_last_top1",
-    "knn_top1", "knn_head_top1", "paper_finetune_top1", "paper_linear_top1", "paper_knn_top1", "paper_setting",
-    "pretrain_s", "eval_s", "note",
-)
+LEADING = ("entry", "status", "recipe", "method", "data", "train_images", "test_images", "pretrain_epochs")
+TRAILING = ("paper_setting", "pretrain_s", "eval_s", "note")
+
+
+def result_columns() -> list[Column]:
+    """Our columns, from the registered protocols (bench and CSV order: the protocols' ``order``)."""
+    return [c for p in ordered() for c in p.columns]
+
+
+def paper_columns() -> list[tuple[str, str, str]]:
+    """(Markdown label, CSV column, key of an entry's ``paper``) for every protocol with a paper column."""
+    return [(p.paper_label, f"paper_{p.name}_top1", p.name) for p in ordered() if p.paper_label]
+
+
+def csv_columns() -> tuple[str, ...]:
+    """Every CSV column, our protocols' and the paper's generated from the registry."""
+    ours = [key for c in result_columns() for key, _ in c.fields]
+    return (*LEADING, *ours, *(key for _, key, _ in paper_columns()), *TRAILING)
+
+
 SCALE_WORDS = {
     "smoke": "smoke (plumbing check on a tiny subset: the numbers mean nothing)",
     "cpu": "cpu (a CIFAR subset sized for about an hour on 2 CPU cores: far from the papers' budgets)",
@@ -54,30 +69,38 @@ def _method_label(cfg: dict[str, Any]) -> str:
     return f"{m['name']}[{cfg['backbone'].get('name', '?')}]" + (f"({inner})" if inner else "")
 
 
+def _filled(evals: dict[str, Any], slot: str) -> tuple[dict[str, Any], str]:
+    """The result that fills ``slot``'s columns: its own, else one of a protocol that ``fills`` it (the
+    supervised row's monitor fills the fine-tune columns), with that protocol's note."""
+    if slot in evals:
+        return evals[slot], ""
+    for p in ordered():
+        if p.fills == slot and p.name in evals:
+            return evals[p.name], p.fills_note
+    return {}, ""
+
+
 def result_row(p: Planned, outcome: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     """One CSV/Markdown row for a planned entry and what running it produced so far."""
     evals = outcome.get("evals", {})
-    ft = evals.get("finetune") or evals.get("monitor") or {}
-    lin, knn, knn_head = evals.get("linear", {}), evals.get("knn", {}), evals.get("knn_head", {})
-    counts = knn or knn_head  # the images a kNN evaluated
     d = p.cfg["data"]
     notes = list(p.notes)
     if p.paper_data and _plain(d["name"]) != _plain(p.paper_data):
         notes.append(f"ran on {d['name']}; the paper's numbers are on {p.paper_data}")
-    if "monitor" in evals and "finetune" not in evals:
-        notes.append("fine-tune columns: its own training from random weights (the paper's supervised baseline)")
+    ours: dict[str, Any] = {}
+    for column in result_columns():
+        result, note = _filled(evals, column.slot)
+        ours.update({key: result.get(field) for key, field in column.fields})
+        if note and result and note not in notes:
+            notes.append(note)
+    counts = next((r for r in evals.values() if "test_images" in r), {})  # the images an evaluation used
     return {
         "entry": p.entry.name, "status": outcome.get("status", "pending"), "recipe": p.entry.recipe,
         "method": _method_label(p.cfg), "data": f"{d['name']}" + (f" at {d['image_size']} px" if d["image_size"] else ""),
         "train_images": counts.get("train_images", d["subset"] or "all"),
         "test_images": counts.get("test_images", d["test_subset"] or "all"),
-        "pretrain_epochs": p.cfg["train"]["epochs"],
-        "finetune_best_top1": ft.get("best_top1"), "finetune_last_top1": ft.get("last_top1"),
-        "finetune_best_epoch": ft.get("best_epoch"),
-        "linear_best_top1": lin.get("best_top1"), "linear_last_top1": lin.get("last_top1"),
-        "knn_top1": knn.get("top1"), "knn_head_top1": knn_head.get("top1"),
-        "paper_finetune_top1": p.entry.paper.get("finetune"), "paper_linear_top1": p.entry.paper.get("linear"),
-        "paper_knn_top1": p.entry.paper.get("knn"),
+        "pretrain_epochs": p.cfg["train"]["epochs"], **ours,
+        **{key: p.entry.paper.get(name) for _, key, name in paper_columns()},
         "paper_setting": p.entry.paper_setting,
         "pretrain_s": timings.get("pretrain_s"),
         "eval_s": round(sum(v for k, v in timings.items() if k != "pretrain_s"), 1) if timings else None,
@@ -99,10 +122,25 @@ def _pair(best: Any, last: Any) -> str:
 
 def always_shown(suite: Suite) -> set[str]:
     """Our columns for every evaluation slot some entry has (shown as '–' until the numbers exist)."""
-    kinds = {k for e in suite.entries for k in e.evaluate}
-    return ({"fine-tune best / last"} if kinds & {"finetune", "monitor"} else set()) | \
-        ({"linear best / last"} if "linear" in kinds else set()) | ({"kNN"} if "knn" in kinds else set()) | \
-        ({"kNN head"} if "knn_head" in kinds else set())
+    slots = {slot for e in suite.entries for slot in e.evaluate}
+    slots |= {p.fills for p in ordered() if p.fills and p.name in slots}
+    return {c.label for c in result_columns() if c.slot in slots}
+
+
+def _shown_columns(suite: Suite, rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(label, cell) for each protocol column that some row fills or some entry evaluates, then the paper's
+    columns that some entry has: a column nobody uses is left out."""
+    def used(keys: list[str]) -> bool:
+        return any(r.get(k) not in (None, "") for r in rows for k in keys)
+
+    shown = []
+    for c in result_columns():
+        keys = [key for key, _ in c.fields[:c.shown]]
+        if used(keys) or c.label in always_shown(suite):
+            cell = (lambda r, k=keys: _pair(r[k[0]], r[k[1]])) if len(keys) == 2 else (lambda r, k=keys: _num(r[k[0]]))
+            shown.append((c.label, cell))
+    shown += [(label, lambda r, k=key: _paper(r[k])) for label, key, _ in paper_columns() if used([key])]
+    return shown
 
 
 def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: list[Path], out_dir: Path) -> str:
@@ -112,18 +150,7 @@ def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: l
     lines += [f"Scale: {SCALE_WORDS.get(scale, scale)}. Updated {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
               "Read before comparing:", ""]
     lines += [f"- {c}" for c in (*suite.caveats, *ALWAYS)]
-    # protocol columns that no row uses (no number of ours, none of the paper's) are left out
-    shown = [(label, fn) for label, fn, keys in (
-        ("fine-tune best / last", lambda r: _pair(r["finetune_best_top1"], r["finetune_last_top1"]),
-         ("finetune_best_top1", "finetune_last_top1")),
-        ("linear best / last", lambda r: _pair(r["linear_best_top1"], r["linear_last_top1"]),
-         ("linear_best_top1", "linear_last_top1")),
-        ("kNN", lambda r: _num(r["knn_top1"]), ("knn_top1",)),
-        ("kNN head", lambda r: _num(r["knn_head_top1"]), ("knn_head_top1",)),
-        ("paper fine-tune", lambda r: _paper(r["paper_finetune_top1"]), ("paper_finetune_top1",)),
-        ("paper linear", lambda r: _paper(r["paper_linear_top1"]), ("paper_linear_top1",)),
-        ("paper kNN", lambda r: _paper(r["paper_knn_top1"]), ("paper_knn_top1",)),
-    ) if any(r.get(k) not in (None, "") for r in rows for k in keys) or label in always_shown(suite)]
+    shown = _shown_columns(suite, rows)
     header = ["entry", "method", "our data (train/test)", *(label for label, _ in shown), "paper setting",
               "time (pretrain + eval)", "note"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -145,10 +172,11 @@ def to_markdown(suite: Suite, scale: str, rows: list[dict[str, Any]], figures: l
 
 def to_csv(rows: list[dict[str, Any]], scale: str) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=("scale", *COLUMNS), lineterminator="\n")
+    columns = csv_columns()
+    writer = csv.DictWriter(buf, fieldnames=("scale", *columns), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({"scale": scale, **{k: "" if r.get(k) is None else r[k] for k in COLUMNS}})
+        writer.writerow({"scale": scale, **{k: "" if r.get(k) is None else r[k] for k in columns}})
     return buf.getvalue()
 
 

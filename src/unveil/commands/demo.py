@@ -42,7 +42,7 @@ def _label(cfg: dict[str, Any]) -> str:
 
 
 def _linear(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    from ..protocols.core import evaluate_linear
+    from ..protocols.linear import evaluate_linear
 
     if epochs <= 0:
         return None
@@ -53,7 +53,7 @@ def _linear(run_dir: Path, epochs: int) -> dict[str, Any] | None:
 def _pretrain_and_baseline(recipe: str, out: Path, overrides: list[str], linear_epochs: int) -> dict[str, Any]:
     """The recipe's untrained encoder (epochs=0) and its pretrained one, each through kNN and the linear probe."""
     from ..config import resolve
-    from ..protocols.core import evaluate_knn
+    from ..protocols.knn import evaluate_knn
     from ..train.engine import train
 
     cfg = resolve(recipe, overrides + [f"out={out / 'pretrain'}"])

@@ -1,3 +1,5 @@
-"""Evaluation protocols on a trained run (kNN, linear probe, fine-tune, pixels, the training monitor's own
-accuracy) with their feature cache, settings records and untrained baselines. Above the training engine
-(the fine-tune trains through it); the building blocks they use are in ``unveil.eval``."""
+"""Evaluation protocols on a trained run, one file each (knn, linear, finetune, monitor), registered in
+``base.PROTOCOLS``; the ``unveil eval`` verbs, a suite's evaluations and the table's columns come from that
+registry. ``_shared`` holds what they share (reading a run, the settings record, the feature cache, the
+untrained baseline's features). Above the training engine (the fine-tune trains through it); the building
+blocks they use are in ``unveil.eval``."""

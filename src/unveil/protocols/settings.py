@@ -10,8 +10,6 @@ from typing import Any
 
 import yaml
 
-PROTOCOLS = ("finetune", "linear", "knn", "monitor")
-
 # Config entries that may change between attempts without changing what a run computes.
 VOLATILE = {("out",), ("data", "root"), ("train", "progress"), ("train", "device"), ("train", "log_every_steps"),
             ("train", "ckpt_every_steps")}
