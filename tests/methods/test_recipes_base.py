@@ -39,6 +39,18 @@ def test_shipped_trajectory_is_cumulative():
     assert resolve("mscn_byol_7_multimask")["train"]["optimizer"] == "lars"  # byol_cifar10 underneath
 
 
+def test_the_merged_recipe_is_what_the_built_method_uses():
+    """Not only the merged dict: the method built from the derived recipe carries its base's and its own values."""
+    from unveil.build import build_method_for
+
+    info = {"name": "cifar10", "num_classes": 10, "image_size": 32, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    method = build_method_for(resolve("mscn_simclr_6_asym", ["data.image_size=32"]), dataset_info=info)
+    assert method.temperature == resolve("simclr_cifar10")["method"]["temperature"]  # from the base recipe
+    a, b = method.masker.branch_a, method.masker.branch_b
+    assert (a.p_apply, a.ratio, a.noise_std, a.grid_cells, tuple(a.focal_scale)) == (1.0, 0.15, 0.18, 7, (0.05, 0.3))
+    assert (b.p_apply, b.noise_std) == (0.5, 0.14) and method.masker.high_pass_sigma == 1.0
+
+
 @pytest.mark.parametrize("files, needle", [
     ({"x": "base: y.yaml\n", "y": "base: x.yaml\n"}, "cycle (x -> y -> x)"),
     ({"x": "base: x.yaml\n"}, "cycle (x -> x)"),
@@ -61,6 +73,14 @@ def test_bad_bases_get_one_line(tmp_path, text, needle):
         resolve(write(tmp_path, "r", text))
 
 
-def test_every_shipped_recipe_still_resolves():
-    for name in available_recipes():
-        resolve(name)
+def test_every_shipped_recipe_resolves_to_a_registered_method_and_says_where_it_comes_from():
+    from unveil.config import recipes_dir
+    from unveil.methods import METHODS
+
+    names = available_recipes()
+    assert len(names) >= 37
+    for name in names:
+        cfg = resolve(name)
+        assert cfg["method"]["name"] in METHODS, name
+        text = (recipes_dir() / f"{name}.yaml").read_text()
+        assert text.startswith("#"), f"{name}.yaml opens with no comment saying what it is and where its values come from"
