@@ -14,4 +14,6 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e ".[test]"
 export UNVEIL_CIFAR10="${UNVEIL_CIFAR10:-$(cd .. && pwd)/shared/data/cifar10}"
 .venv/bin/ruff check src tests benchmarks
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# one pytest worker per core (at most 4); worksteal hands queued tests to whichever worker runs dry
+workers="${UNVEIL_TEST_WORKERS:-$(python3 -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')}"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist worksteal --durations=25 "$@"

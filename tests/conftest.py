@@ -21,7 +21,10 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    """The cores shared among pytest-xdist's workers (scripts/test.sh runs one per core): one worker per core
+    with one thread each beats one worker with two threads on these small models (docs/benchmarks.md)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture
@@ -67,3 +70,12 @@ def make_tiny_folder(tmp_path_factory) -> Path:
 def tiny_folder(tmp_path_factory) -> Path:
     """A 2-class ImageFolder of 96 16x16 images whose classes differ in colour (learnable)."""
     return make_tiny_folder(tmp_path_factory)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first, so that no worker ends the run alone on a long test: the end-to-end learning tests
+    (minutes each), then the other slow ones, then the rest; the order within each group is kept."""
+    def rank(item) -> int:
+        return 0 if "e2e/" in item.nodeid else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
