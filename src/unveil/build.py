@@ -27,7 +27,8 @@ def load_dataset_for(cfg: dict[str, Any]):
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return load_data(d["name"], root=d["root"], image_size=d["image_size"], subset=d["subset"],
                      test_subset=d["test_subset"], test_fraction=d["test_fraction"], split_seed=d["split_seed"],
-                     cache_dir=d.get("cache_dir"), storage=d.get("storage", "auto"), local_ranks=local_ranks)
+                     cache_dir=d.get("cache_dir"), storage=d.get("storage", "auto"), local_ranks=local_ranks,
+                     labels=d.get("labels"), labels_seed=d.get("labels_seed", 0))
 
 
 def data_info_of(dataset) -> dict[str, Any]:

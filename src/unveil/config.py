@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
         # (a memory-mapped uint8 cache file shared by the processes of a node through the page cache)
         "storage": "auto",
         "cache_dir": None,  # decode cache and saved splits (default: $UNVEIL_CACHE or ~/.cache/unveil/cache)
+        "labels": None,  # low-shot: train on 1%, 10% or N per class of the training labels (stratified, seeded)
+        "labels_seed": 0,
     },
     "train": {
         "epochs": 10,  # 0 saves the initial weights: a random-init baseline to evaluate
@@ -206,6 +208,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "train.init_backbone": (str, type(None)),
     "data.root": (str, type(None)), "data.image_size": (int, type(None)), "data.subset": (int, type(None)),
     "data.test_subset": (int, type(None)), "data.test_fraction": _NUMBER, "data.cache_dir": (str, type(None)),
+    "data.labels": (str, int, type(None)), "data.labels_seed": (int,),
     "out": (str, type(None)),
 }
 

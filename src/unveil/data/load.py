@@ -41,6 +41,7 @@ from .dataset import (
 )
 from .decode import OK, count_skipped, skipped_line
 from .folder import scan_folder
+from .labels import parse_labels, pick_labelled
 from .parquet import parquet_source
 from .registry import REGISTERED, canonical_name, data_root, registered_source
 from .source import Pool, Source
@@ -220,6 +221,8 @@ def load_data(
     cache_dir: str | None = None,
     storage: str = "auto",
     local_ranks: int = 1,
+    labels: str | int | None = None,
+    labels_seed: int = 0,
 ) -> Dataset:
     """Resolve ``name`` (registered dataset, Parquet folder or image folder) to a decoded Dataset.
 
@@ -232,8 +235,12 @@ def load_data(
     check, else disk, saying so in one line (under torchrun: decided once per job, see
     ``_pick_storage``). Images already held in memory by their loader
     (torchvision/IDX arrays of registered datasets) always stay in memory.
+
+    ``labels`` keeps only a low-shot share of the training split (``1%``, ``10%`` or N per class, drawn per
+    class with ``labels_seed``: ``unveil.data.labels``); the test split is untouched.
     """
     _check_load_args(storage, local_ranks, image_size, subset, test_subset, test_fraction, split_seed)
+    parse_labels(labels)  # a bad share is one line before any decoding
     try:
         source = resolve_source(name, root, download)
     except (OSError, pa.ArrowException) as exc:  # unreadable folder, corrupt Parquet file
@@ -242,6 +249,9 @@ def load_data(
         ) from None
     cache_root = cache_mod.cache_root(cache_dir)
     train, test = _pick_splits(source, subset, test_subset, test_fraction, split_seed, cache_root)
+    if labels is not None:
+        require(bool(source.classes), f"data.labels={labels}: {name} has no labels to take a share of (a flat folder)")
+        train = train.take(pick_labelled(train.labels, labels, labels_seed))
     size = image_size or source.default_size
     decode_size = source.native_size or size
     what, count, peak = f"data.name={name}", len(train) + len(test), max(size, source.native_size or 0)

@@ -116,9 +116,9 @@ def check_settings(kind: str, settings: dict[str, Any]) -> None:
 
 
 def slot_protocol(slot: str) -> str:
-    """The protocol behind a saved result's name (``knn_head`` -> ``knn``)."""
+    """The protocol behind a saved result's name (``knn_head`` -> ``knn``, ``linear_1pct`` -> ``linear``)."""
     for protocol in ordered():
-        if slot in protocol.slots():
+        if slot in protocol.slots() or slot.startswith(f"{protocol.name}_"):
             return protocol.name
     raise UserError(f"no evaluation protocol writes eval_{slot}.json; known: {', '.join(PROTOCOLS)}")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..data.labels import LABELS_HELP, labels_suffix, parse_labels
 from ..errors import require
 from ..io import atomic_write_text
 from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, read_config
@@ -81,6 +82,9 @@ def finetune_settings(args: dict[str, Any], cfg: dict[str, Any]) -> dict[str, An
     they existed (records and fine-tunes made then stay valid); otherwise ``preset`` and every
     resolved option are recorded (``betas`` too for the vit preset)."""
     args = dict(args)
+    if args.get("labels") is None:  # recorded only when on: records made before low-shot existed stay valid
+        for key in ("labels", "labels_seed"):
+            args.pop(key, None)
     chosen = args.pop("protocol", "auto") or "auto"
     require(chosen in FINETUNE_PROTOCOLS,
             f"finetune protocol must be one of {', '.join(FINETUNE_PROTOCOLS)}, got {chosen!r}")
@@ -128,6 +132,8 @@ def _finetune_config(base: dict[str, Any], state: dict[str, Any], method: Any, o
     if eval_data is not None:
         size = (state.get("data_info") or {}).get("image_size") or base["data"]["image_size"]
         cfg["data"].update({"name": str(eval_data), "image_size": size, "subset": None, "test_subset": None})
+    if s.get("labels") is not None:  # the low-shot share of the training split (the test split is whole)
+        cfg["data"].update({"labels": s["labels"], "labels_seed": s.get("labels_seed", 0)})
     cfg["method"] = {"name": "supervised", "normalize": method.normalized_inputs,
                      "augment": bool(s["augment"])}
     if method.eval_filter is not None:  # e.g. MSCN's high-pass: fine-tune on what pretraining saw
@@ -218,7 +224,8 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
                       mixup: float | None = None, cutmix: float | None = None, label_smoothing: float | None = None,
                       warmup_epochs: float | None = None, baseline: bool = False, rand_augment: str | None = None,
                       random_erasing: float | None = None, global_pool: bool | None = None,
-                      min_lr: float | None = None) -> dict[str, Any]:
+                      min_lr: float | None = None, labels: str | int | None = None,
+                      labels_seed: int = 0) -> dict[str, Any]:
     """Fine-tune the whole backbone + a linear head with labels (the supervised method), from the run's weights.
 
     ``protocol`` picks the preset for every argument left None (``FINETUNE_PRESETS``): "auto" is
@@ -232,15 +239,17 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
     interrupted one with the same settings is continued from its checkpoint, a finished one is read
     back, one made with other settings is started over (said on stderr). ``baseline`` also
     fine-tunes the untrained encoder the run started from (its ``train.epochs=0`` weights), same
-    settings, in ``RUN/finetune_untrained``: ``result["untrained"]``."""
+    settings, in ``RUN/finetune_untrained``: ``result["untrained"]``. ``labels``: fine-tune on a low-shot share
+    of the training labels (``1%``, ``10%``, N per class; stratified, ``labels_seed``), in ``RUN/finetune_1pct``
+    etc., saved as ``eval_finetune_1pct.json`` beside the full fine-tune."""
     run_dir, ckpt, state, base = read_run(run)
     args = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
             "weight_decay": weight_decay, "overrides": overrides, "augment": augment, "eval_data": eval_data,
             "protocol": protocol, "layer_decay": layer_decay, "drop_path": drop_path, "mixup": mixup,
             "cutmix": cutmix, "label_smoothing": label_smoothing, "warmup_epochs": warmup_epochs,
             "rand_augment": rand_augment, "random_erasing": random_erasing, "global_pool": global_pool,
-            "min_lr": min_lr}
-    resolved = finetune_settings(args, base)
+            "min_lr": min_lr, "labels": labels, "labels_seed": labels_seed}
+    resolved, slot = finetune_settings(args, base), _slot({"labels": labels})
     settings = settings_record("finetune", resolved, state, base)
     preset = resolved.get("preset", "convnet")
     if eval_data is None:
@@ -248,31 +257,29 @@ def evaluate_finetune(run: str | Path, epochs: int = 20, lr: float | None = None
     from ..build import build_method_for
 
     method = build_method_for(base, dataset_info=state.get("data_info"))
-    cfg = _finetune_config(base, state, method, run_dir / "finetune", ckpt, resolved, overrides, eval_data)
+    cfg = _finetune_config(base, state, method, run_dir / slot, ckpt, resolved, overrides, eval_data)
     if eval_data is not None:  # one clear line before training if the data has no labels
         labelled_data(run_dir, state, base, eval_data, "fine-tuning")
     shown = {k: resolved[k] for k in ("optimizer", "lr", "scale_lr", "weight_decay", *_OFF) if k in resolved}
     log(f"fine-tune protocol: {preset}{' (auto)' if protocol == 'auto' else ''}: "
          + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
-    res = _run_finetune(run_dir / "finetune", cfg, settings, epochs)
+    res = _run_finetune(run_dir / slot, cfg, settings, epochs)
     result = {"protocol": "finetune", "preset": preset, "dataset": cfg["data"]["name"], "epochs": epochs,
               "batch_size": batch_size, "augment": augment,
               **{k: v for k, v in resolved.items() if k not in ("overrides", "eval_data", "epochs", "batch_size",
                                                                  "augment", "preset")},
               **res, "settings": settings}
     if baseline:
-        result["untrained"] = _finetune_untrained(run_dir, base, state, method, resolved, overrides, eval_data,
-                                                  settings, epochs)
-    result["saved"] = str(save_result(run_dir, "finetune", result))
+        result["untrained"] = _finetune_untrained(run_dir / f"{slot}_untrained", base, state, method, resolved,
+                                                  overrides, eval_data, settings, epochs)
+    result["saved"] = str(save_result(run_dir, slot, result))
     return result
 
 
-def _finetune_untrained(run_dir: Path, base: dict[str, Any], state: dict[str, Any], method: torch.nn.Module,
+def _finetune_untrained(out: Path, base: dict[str, Any], state: dict[str, Any], method: torch.nn.Module,
                         resolved: dict[str, Any], overrides: list[str] | None, eval_data: str | None,
                         settings: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """The same fine-tune from the encoder the run started from, in ``RUN/finetune_untrained``."""
-
-    out = run_dir / "finetune_untrained"
+    """The same fine-tune from the encoder the run started from, in ``out`` (``RUN/finetune_untrained``)."""
     init = out / "untrained_backbone.safetensors"
     cfg0 = _finetune_config(base, state, method, out, init, resolved, overrides, eval_data)
 
@@ -311,6 +318,8 @@ def _arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="random-resized crops + flips (and the protocol's RandAugment / random erasing) while "
                     "fine-tuning (default); --no-augment trains on the test view, as the overlay paper's fine-tune")
+    ft.add_argument("--labels", default=None, metavar="SHARE", help=LABELS_HELP)
+    ft.add_argument("--labels-seed", type=int, default=0, help="which stratified draw of --labels")
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training overrides of the fine-tune run")
 
 
@@ -344,11 +353,17 @@ def _check(settings: dict[str, Any]) -> None:
         from ..methods._finetune_aug import parse_rand_augment
 
         parse_rand_augment(augment)
+    parse_labels(settings.get("labels"))
+
+
+def _slot(settings: dict[str, Any]) -> str:
+    return "finetune" + labels_suffix(settings.get("labels"))
 
 
 PROTOCOLS.add("finetune", Protocol(
     name="finetune", help="fine-tune the whole encoder with a linear head", evaluate=evaluate_finetune,
-    add_arguments=_arguments, check=_check, record=finetune_settings, order=30, paper_label="paper fine-tune",
+    add_arguments=_arguments, check=_check, record=finetune_settings, slot_of=_slot, order=30,
+    paper_label="paper fine-tune",
     description="Fine-tune the encoder + a linear head. --protocol auto picks vit for a ViT run (MAE's fine-tune: "
                 "AdamW, lr 5e-4 per 256 images of the global batch, wd 0.05, layer decay 0.65 (0.75 above 12 "
                 "blocks), drop path 0.1, mixup 0.8, CutMix 1.0, label smoothing 0.1, RandAugment "
