@@ -181,3 +181,18 @@ def test_the_second_view_solarizes_and_views_2_overrides_it():
 
     with pytest.raises(UserError, match="unknown views_2 option 'solarise_p'"):
         tiny_byol(views_2={"solarise_p": 0.2})
+
+
+def test_fp32_heads_keep_the_heads_in_float32_under_bf16_autocast():
+    """The projector and predictor (online and target) run in float32 while the backbone runs in bf16: their
+    outputs feed a cosine near 1, which bf16's 8-bit mantissa resolves to only ~0.4 %."""
+    x = torch.rand(8, 3, 16, 16)
+    for fp32_heads, head_dtype in ((True, torch.float32), (False, torch.bfloat16)):
+        method = tiny_byol(fp32_heads=fp32_heads).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert method.backbone(x).dtype == torch.bfloat16  # the backbone keeps bf16's speed
+            assert method._predict(x).dtype == head_dtype and method._target(x).dtype == head_dtype
+    full = tiny_byol(fp32_heads=True).train()
+    plain = tiny_byol(fp32_heads=False).train()
+    # outside autocast the setting changes nothing: the same loss, bit for bit
+    assert torch.equal(full._predict(x), plain._predict(x)) and torch.equal(full._target(x), plain._target(x))

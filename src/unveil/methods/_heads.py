@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
 
 from ..errors import UserError, require
 
@@ -44,3 +47,10 @@ def moco_head(kind: str, in_dim: int, hidden_dim: int | None, out_dim: int) -> n
         return nn.Linear(in_dim, out_dim)
     hidden = in_dim if hidden_dim is None else hidden_dim
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+def in_fp32(head: Callable[[Tensor], Tensor], features: Tensor) -> Tensor:
+    """``head(features)`` in float32 even under bf16 autocast: the backbone keeps bf16's speed while the small
+    heads, whose outputs a cosine loss compares near 1, keep fp32's resolution (bf16 has 8 mantissa bits)."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
