@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "unveil.commands.reconstruct",
     "unveil.commands.activations",
     "unveil.commands.bench",
+    "unveil.commands.compare",
 )
 
 

@@ -28,6 +28,27 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def machine_description(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU's model, cores and bf16-relevant flags: said beside every measured figure,
+    since the same run differs between an Intel with AMX and an AMD with or without native bf16."""
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (GPU)"
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    have = [f for f in wanted if f in flags]
+    return (f"{model or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"bf16 units: {' '.join(f for f in have if 'bf16' in f) or 'none'}")
+
+
 def pick_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name

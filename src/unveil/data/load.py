@@ -215,14 +215,12 @@ def load_data(
     image_size: int | None = None,
     subset: int | None = None,
     test_subset: int | None = None,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    test_fraction: float = 0.2, split_seed: int = 0,
     download: bool = True,
     cache_dir: str | None = None,
     storage: str = "auto",
     local_ranks: int = 1,
-    labels: str | int | None = None,
-    labels_seed: int = 0,
+    labels: str | int | None = None, labels_seed: int = 0,  # a low-shot share of the training labels
 ) -> Dataset:
     """Resolve ``name`` (registered dataset, Parquet folder or image folder) to a decoded Dataset.
 
@@ -235,12 +233,8 @@ def load_data(
     check, else disk, saying so in one line (under torchrun: decided once per job, see
     ``_pick_storage``). Images already held in memory by their loader
     (torchvision/IDX arrays of registered datasets) always stay in memory.
-
-    ``labels`` keeps only a low-shot share of the training split (``1%``, ``10%`` or N per class, drawn per
-    class with ``labels_seed``: ``unveil.data.labels``); the test split is untouched.
     """
-    _check_load_args(storage, local_ranks, image_size, subset, test_subset, test_fraction, split_seed)
-    parse_labels(labels)  # a bad share is one line before any decoding
+    _check_load_args(storage, local_ranks, image_size, subset, test_subset, test_fraction, split_seed, labels)
     try:
         source = resolve_source(name, root, download)
     except (OSError, pa.ArrowException) as exc:  # unreadable folder, corrupt Parquet file
@@ -249,9 +243,7 @@ def load_data(
         ) from None
     cache_root = cache_mod.cache_root(cache_dir)
     train, test = _pick_splits(source, subset, test_subset, test_fraction, split_seed, cache_root)
-    if labels is not None:
-        require(bool(source.classes), f"data.labels={labels}: {name} has no labels to take a share of (a flat folder)")
-        train = train.take(pick_labelled(train.labels, labels, labels_seed))
+    train = _low_shot(train, labels, labels_seed, source, name)
     size = image_size or source.default_size
     decode_size = source.native_size or size
     what, count, peak = f"data.name={name}", len(train) + len(test), max(size, source.native_size or 0)
@@ -279,8 +271,19 @@ def load_data(
     return _finish_dataset(source, train_split, test_split, hist, size)
 
 
+def _low_shot(train: Any, labels: str | int | None, seed: int, source: Any, name: str) -> Any:
+    """The training split cut to a low-shot share of its labels (``data.labels``: ``1%``, ``10%`` or N per class,
+    drawn per class with ``data.labels_seed``, ``unveil.data.labels``), or as it is; the test split is whole."""
+    if labels is None:
+        return train
+    require(bool(source.classes), f"data.labels={labels}: {name} has no labels to take a share of (a flat folder)")
+    return train.take(pick_labelled(train.labels, labels, seed))
+
+
 def _check_load_args(storage: str, local_ranks: int, image_size: int | None, subset: int | None,
-                     test_subset: int | None, test_fraction: float, split_seed: int) -> None:
+                     test_subset: int | None, test_fraction: float, split_seed: int,
+                     labels: str | int | None = None) -> None:
+    parse_labels(labels)  # a bad share is one line before any decoding
     require(storage in STORAGES, f"data.storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     require(isinstance(local_ranks, int) and not isinstance(local_ranks, bool) and local_ranks > 0,
             f"local_ranks must be a positive integer, got {local_ranks!r}")

@@ -1,0 +1,137 @@
+"""``unveil compare``: equal budgets (each method gets the steps its measured step time allows), the report,
+resume after ``kill -9``, and the one-line errors. No timed assertions: the plan is checked with given step
+times, and the report's wall-clock is only checked to be recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from unveil.bench import compare
+from unveil.cli import main
+from unveil.errors import UserError
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("20m", 1200), ("1.5h", 5400), (" 2 m ", 120)])
+def test_budgets_are_read_as_times(text, seconds):
+    assert compare.parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["20", "0m", "-1m", "m", "20 minutes", "1d"])
+def test_a_bad_budget_is_one_line(bad):
+    with pytest.raises(UserError, match="--budget must be a time like 90s, 20m or 1.5h") as exc:
+        compare.parse_budget(bad)
+    assert "\n" not in str(exc.value)
+
+
+def test_the_plan_gives_each_method_the_steps_its_step_time_allows(tmp_path, monkeypatch):
+    measured = {"simclr": 0.5, "mae": 2.0, "overlay": 0.3}
+
+    def fake_calibrate(c, scratch):  # what a timing run would have measured
+        c.step_s = measured[c.name]
+        return c
+
+    monkeypatch.setattr(compare, "calibrate", fake_calibrate)
+    dataset = SimpleNamespace(train=SimpleNamespace(images=torch.zeros(1000, 3, 8, 8)), image_size=32)
+    request = {"data": "somewhere", "seed": 0}
+    plan = compare.plan(list(measured), dataset, tmp_path, request, 600.0, None, [])
+    assert {c.name: c.steps for c in plan} == {"simclr": 1200, "mae": 300, "overlay": 2000}  # 600 s / step time
+    assert all(c.batch_size == 256 and c.steps_per_epoch == 3 for c in plan)  # auto batch for 1,000 images
+    same = compare.plan(list(measured), dataset, tmp_path, request, 600.0, None, [])  # read back, not re-timed
+    assert [c.steps for c in same] == [c.steps for c in plan]
+    by_epochs = compare.plan(["simclr", "mae"], dataset, tmp_path / "epochs", request, None, 4, [])
+    assert [c.steps for c in by_epochs] == [12, 12]  # the same epochs: the same steps
+    with pytest.raises(UserError, match="holds a compare with other settings"):
+        compare.plan(list(measured), dataset, tmp_path, {**request, "seed": 1}, 600.0, None, [])
+
+
+def test_the_schedule_ends_at_the_planned_step_with_its_warm_up_inside():
+    c = compare.Contender("byol", "byol_cifar10", ["data.image_size=32"], step_s=1.0, steps=57, batch_size=256,
+                          steps_per_epoch=19)
+    cfg = compare.pretrain_config(c, Path("/tmp/nowhere"))
+    assert cfg["train"]["max_steps"] == 57 and cfg["train"]["epochs"] == 3
+    assert cfg["train"]["warmup_epochs"] == pytest.approx(0.3)  # byol_cifar10's 10 epochs cut to a tenth of the run
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--methods", "simclr,sinclr", "--epochs", "1"], "unknown method(s) sinclr for compare"),
+    (["--methods", "supervised", "--epochs", "1"], "supervised needs labels"),
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--budget", "ten"], "--budget must be a time"),
+])
+def test_bad_options_are_one_line(flat_tiny, tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+    assert main(["compare", "--data", str(flat_tiny), "--out", str(tmp_path / "c"), *argv]) != 0
+    err = capsys.readouterr().err.strip()
+    assert words in err.splitlines()[-1] and "Traceback" not in err and err.count("error") == 1, err
+
+
+def test_an_empty_or_missing_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    for data in (tmp_path / "empty", tmp_path / "missing"):
+        assert main(["compare", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "c")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(data) in err, err
+
+
+@pytest.fixture
+def flat_tiny(tiny_folder, tmp_path) -> Path:
+    """The tiny folder's images without class folders: no labels."""
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(tiny_folder.glob("*/*.png")):
+        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
+    return flat
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_a_killed_compare_continues_with_the_unfinished_method_and_writes_its_report(tiny_folder, tmp_path):
+    out = tmp_path / "cmp"
+    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "unveil.cli", "compare", "--data", str(tiny_folder), "--epochs", "3", "--methods",
+           "simclr,overlay", "--out", str(out), "--linear-epochs", "1", "data.image_size=16"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (out / "overlay" / "last.ckpt").is_file():  # the first method finished, the second has begun
+        assert proc.poll() is None, "compare ended before it could be killed"
+        assert time.monotonic() < deadline, "the second method never wrote a checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "simclr" / "compare.json").is_file() and not (out / "overlay" / "compare.json").is_file()
+    first = (out / "simclr" / "last.ckpt").stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "simclr" / "last.ckpt").stat().st_mtime_ns == first  # kept, not trained again
+    results = {n: json.loads((out / n / "compare.json").read_text()) for n in ("simclr", "overlay")}
+    for r in results.values():
+        assert r["plan"]["steps"] == 3 * r["plan"]["steps_per_epoch"] and r["pretrain_s"] > 0
+        assert 0 <= r["knn"] <= 100 and 0 <= r["knn_untrained"] <= 100 and r["rankme"] >= 1
+        assert r["linear_1pct_labels"] < r["linear_10pct_labels"] <= r["linear_labels"] if "linear_labels" in r \
+            else r["linear_1pct_labels"] <= r["linear_10pct_labels"]
+    report = (out / "report.md").read_text()
+    assert "| simclr |" in report and "| overlay |" in report and "raw pixels" in report
+    assert (out / "scores.png").is_file() and (out / "score_vs_time.png").is_file()
+
+
+@pytest.mark.slow
+def test_an_unlabelled_folder_is_ranked_by_the_label_free_score_with_neighbours(flat_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+    report = compare.run_compare(str(flat_tiny), tmp_path / "c", epochs=1, methods=["simclr", "mae"],
+                                 linear_epochs=0, overrides=["data.image_size=16"])
+    text = report.read_text()
+    assert "No labels: sorted by RankMe" in text and "kNN" not in text.split("|---")[0].splitlines()[-1]
+    assert (tmp_path / "c" / "neighbours_simclr.png").is_file() and (tmp_path / "c" / "neighbours_mae.png").is_file()
