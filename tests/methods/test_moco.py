@@ -251,3 +251,15 @@ def test_mocov2_recipe_projector_hidden_width_is_the_encoders():
     assert tiny_moco(head="mlp", proj_hidden_dim=32).head[0].out_features == 32  # an explicit width still wins
     with pytest.raises(UserError, match="method.proj_hidden_dim must be a positive integer or null"):
         tiny_moco(head="mlp", proj_hidden_dim=0)
+
+
+def test_fp32_heads_keep_the_query_and_key_heads_in_float32_under_bf16_autocast():
+    """Under bf16 the backbone runs in bf16; with fp32_heads the query and key heads run in float32."""
+    x = torch.rand(8, 3, 16, 16)
+    for fp32_heads, head_dtype in ((True, torch.float32), (False, torch.bfloat16)):
+        method = tiny_moco(head="mlp", proj_hidden_dim=32, proj_dim=8, queue_size=16, bn_splits=2,
+                           fp32_heads=fp32_heads).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert method.backbone(x).dtype == torch.bfloat16
+            assert method._query(x).dtype == head_dtype
+            assert method._key_head(method.key_backbone(x)).dtype == head_dtype

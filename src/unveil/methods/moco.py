@@ -23,7 +23,7 @@ from ..corruptions.mixing import unmix
 from ..errors import require
 from ..losses.infonce import KeyQueue, info_nce
 from . import DataInfo, register
-from ._heads import moco_head
+from ._heads import in_fp32, moco_head
 from ._moco import (
     check_batch_splits,
     check_embed,
@@ -55,7 +55,7 @@ class MoCo(Method):
                  temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
                  mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
                  weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, embed: str = "backbone"):
+                 view_preset_name: str | None = None, embed: str = "backbone", fp32_heads: bool = False):
         super().__init__()
         self.embed_from = check_embed(embed)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, symmetric)
@@ -74,6 +74,7 @@ class MoCo(Method):
         self.mix, self.mix_prob = mix, (float(unmix_prob) if mix == "unmix" else 0.0)
         self.beta, self.reverse_term, self.weight_decay_all = float(beta), reverse_term, weight_decay_all
         self.views = moco_views(data_info, view_preset_name, views)
+        self.fp32_heads = bool(fp32_heads)  # heads in float32 under bf16 (as BYOL's; methods/_heads.in_fp32)
 
     def _inputs(self, images: Tensor, generator: torch.Generator) -> dict[str, Any]:
         """The two views and, with ``mix``, one mixture of view 1 with its reversed batch (one coin,
@@ -92,12 +93,12 @@ class MoCo(Method):
         queue, t = self.queue.keys, self.temperature
         # the mixture is encoded once: Un-Mix's code encodes it again in the second direction, where
         # (train-mode BN, same input) it gives the same q_m
-        q_m = self.head(self.backbone(d["mixed"])) if "mixed" in d else None
+        q_m = self._query(d["mixed"]) if "mixed" in d else None
         loss_orig = loss_mix = images.new_zeros((), dtype=torch.float32)
         keys = []
         for xq, xk in ([(x1, x2), (x2, x1)] if self.symmetric else [(x1, x2)]):
-            q = self.head(self.backbone(xq))
-            k = key_embed(self.key_backbone, self.key_head, xk, generator, self.shuffle_bn)
+            q = self._query(xq)
+            k = key_embed(self.key_backbone, self._key_head, xk, generator, self.shuffle_bn)
             loss_orig = loss_orig + info_nce(q, k, queue, t)
             if q_m is not None:
                 loss_mix = loss_mix + lam * info_nce(q_m, k, queue, t)
@@ -110,6 +111,13 @@ class MoCo(Method):
         if lam is not None:
             out["loss_mix"], out["lam"] = loss_mix.detach(), lam.detach()
         return out
+
+    def _query(self, x: Tensor) -> Tensor:
+        features = self.backbone(x)
+        return in_fp32(self.head, features) if self.fp32_heads else self.head(features)
+
+    def _key_head(self, features: Tensor) -> Tensor:
+        return in_fp32(self.key_head, features) if self.fp32_heads else self.key_head(features)
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
