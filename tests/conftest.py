@@ -72,6 +72,18 @@ def tiny_folder(tmp_path_factory) -> Path:
     return make_tiny_folder(tmp_path_factory)
 
 
+@pytest.fixture
+def flat_folder(tiny_folder, tmp_path) -> Path:
+    """The tiny folder's 96 images in one flat folder: no class folders, so no labels."""
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(tiny_folder.glob("*/*.png")):
+        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
+    return flat
+
+
 def pytest_collection_modifyitems(config, items):
     """Longest first, so that no worker ends the run alone on a long test: the end-to-end learning tests
     (minutes each), then the other slow ones, then the rest; the order within each group is kept."""

@@ -68,9 +68,9 @@ def test_the_schedule_ends_at_the_planned_step_with_its_warm_up_inside():
     (["--epochs", "0"], "--epochs must be > 0"),
     (["--budget", "ten"], "--budget must be a time"),
 ])
-def test_bad_options_are_one_line(flat_tiny, tmp_path, capsys, monkeypatch, argv, words):
+def test_bad_options_are_one_line(flat_folder, tmp_path, capsys, monkeypatch, argv, words):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-    assert main(["compare", "--data", str(flat_tiny), "--out", str(tmp_path / "c"), *argv]) != 0
+    assert main(["compare", "--data", str(flat_folder), "--out", str(tmp_path / "c"), *argv]) != 0
     err = capsys.readouterr().err.strip()
     assert words in err.splitlines()[-1] and "Traceback" not in err and err.count("error") == 1, err
 
@@ -82,18 +82,6 @@ def test_an_empty_or_missing_folder_is_one_line(tmp_path, capsys, monkeypatch):
         assert main(["compare", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "c")]) != 0
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(data) in err, err
-
-
-@pytest.fixture
-def flat_tiny(tiny_folder, tmp_path) -> Path:
-    """The tiny folder's images without class folders: no labels."""
-    import shutil
-
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for f in sorted(tiny_folder.glob("*/*.png")):
-        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
-    return flat
 
 
 @pytest.mark.slow
@@ -128,9 +116,9 @@ def test_a_killed_compare_continues_with_the_unfinished_method_and_writes_its_re
 
 
 @pytest.mark.slow
-def test_an_unlabelled_folder_is_ranked_by_the_label_free_score_with_neighbours(flat_tiny, tmp_path, monkeypatch):
+def test_an_unlabelled_folder_is_ranked_by_the_label_free_score_with_neighbours(flat_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-    report = compare.run_compare(str(flat_tiny), tmp_path / "c", epochs=1, methods=["simclr", "mae"],
+    report = compare.run_compare(str(flat_folder), tmp_path / "c", epochs=1, methods=["simclr", "mae"],
                                  linear_epochs=0, overrides=["data.image_size=16"])
     text = report.read_text()
     assert "No labels: sorted by RankMe" in text and "kNN" not in text.split("|---")[0].splitlines()[-1]

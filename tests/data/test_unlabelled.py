@@ -3,8 +3,6 @@ shows what can be shown without labels; a failing monitor never costs a checkpoi
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -17,15 +15,6 @@ from unveil.train import engine
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def flat_folder(tiny_folder, tmp_path):
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for path in sorted(tiny_folder.rglob("*.png")):
-        shutil.copy(path, flat / f"{path.parent.name}_{path.name}")
-    return flat
 
 
 ARGS = ["data.image_size=16", "train.batch_size=16", "method.proj_hidden_dim=32", "method.proj_dim=16",

@@ -37,16 +37,6 @@ def pretrain(data: Path, out: Path, *extra: str) -> Path:
     return out
 
 
-@pytest.fixture
-def flat_folder(tiny_folder, tmp_path) -> Path:
-    """The tiny folder's 96 images in one flat folder: no class folders, so no labels."""
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for f in sorted(tiny_folder.glob("*/*.png")):
-        shutil.copy(f, flat / f"{f.parent.name}-{f.name}")
-    return flat
-
-
 @pytest.mark.slow
 def test_unlabelled_run_says_labels_are_needed_and_evaluates_on_eval_data(flat_folder, tiny_folder, tmp_path,
                                                                            capsys):
