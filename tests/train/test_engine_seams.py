@@ -227,3 +227,27 @@ def test_batchnorm_recalibration_estimates_the_data_statistics_and_leaves_weight
     assert recalibrate_batchnorm(probe, images, torch.device("cpu"), "fp32", batch_size=100) == 1
     assert torch.allclose(probe.bn.running_mean, images.float().mean((0, 2, 3)), atol=1e-3)  # every batch equal
     assert not probe.bn.training and probe.bn.momentum == 0.1 and torch.equal(probe.bn.weight, weight)
+
+
+def test_batchnorm_recalibration_feeds_split_batchnorm_whole_shares():
+    """MoCo's split BatchNorm needs batches divisible by its splits: 245 photos (hymenoptera's training split)
+    failed with a stack trace in `unveil eval knn`'s untrained baseline; the odd rest is now left out."""
+    from unveil.backbones.split_bn import SplitBatchNorm
+    from unveil.protocols._shared import recalibrate_batchnorm
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = SplitBatchNorm(3, num_splits=8)
+
+        @torch.no_grad()
+        def embed(self, images: Tensor) -> Tensor:
+            return self.bn(images.float()).mean((2, 3))
+
+    images = torch.randint(0, 256, (245, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    probe = Probe().eval()
+    assert recalibrate_batchnorm(probe, images, torch.device("cpu"), "fp32", batch_size=100) == 1
+    chunks = [images[0:96], images[100:196], images[200:240]]  # 100, 100, 45 cut to 96, 96, 40
+    expected = torch.stack([c.float().mean((0, 2, 3)) for c in chunks]).mean(0)  # every batch counts the same
+    assert torch.allclose(probe.bn.running_mean, expected, atol=1e-3)
+    assert not probe.bn.training

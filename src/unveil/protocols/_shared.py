@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -189,10 +190,14 @@ def recalibrate_batchnorm(method: torch.nn.Module, images: torch.Tensor, device:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts the same
         m.train()
+    # split BatchNorm (MoCo's) normalises equal shares of a batch: every chunk a multiple of its splits
+    multiple = math.lcm(1, *(int(getattr(m, "num_splits", 1)) for m in norms))
     try:
         for chunk in images[:max_images].split(batch_size):
-            with autocast(device, precision):
-                method.embed(chunk.to(device))
+            chunk = chunk[: len(chunk) // multiple * multiple]
+            if len(chunk):
+                with autocast(device, precision):
+                    method.embed(chunk.to(device))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
