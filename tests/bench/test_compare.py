@@ -123,3 +123,20 @@ def test_an_unlabelled_folder_is_ranked_by_the_label_free_score_with_neighbours(
     text = report.read_text()
     assert "No labels: sorted by RankMe" in text and "kNN" not in text.split("|---")[0].splitlines()[-1]
     assert (tmp_path / "c" / "neighbours_simclr.png").is_file() and (tmp_path / "c" / "neighbours_mae.png").is_file()
+
+
+def test_one_failing_method_is_recorded_and_the_others_still_report(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
+
+    def fake_run(c, out, eval_data, labelled, linear_epochs):
+        if c.name == "mae":
+            raise UserError("mae: something the user can fix")
+        return {"name": c.name, "recipe": c.recipe, "plan": {"steps": c.steps}, "images_seen": 64, "pretrain_s": 1.0,
+                "knn": 70.0, "knn_untrained": 60.0, "test_images": 19, "rankme": 9.0, "rankme_untrained": 5.0}
+
+    monkeypatch.setattr(compare, "run_contender", fake_run)
+    with pytest.raises(UserError, match=r"1 of 2 methods failed \(mae\); the report has the others"):
+        compare.run_compare(str(tiny_folder), tmp_path / "c", epochs=1, methods=["simclr", "mae"],
+                            overrides=["data.image_size=16"])
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "| simclr |" in report and "Failed: mae: mae: something the user can fix" in report

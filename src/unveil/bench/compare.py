@@ -264,16 +264,22 @@ def run_compare(data: str, out: str | Path, *, eval_data: str | None = None, bud
     request = {"data": data, "eval_data": eval_data, "budget_s": budget_s, "epochs": epochs, "methods": names,
                "seed": seed, "linear_epochs": linear_epochs, "overrides": extra}
     contenders = plan(names, dataset, out, request, budget_s, epochs, extra)
-    results = []
+    results, failed = [], {}
     for i, c in enumerate(contenders, 1):
         _log(f"[{i}/{len(contenders)}] {c.name} ({c.recipe}): {c.steps} steps of {c.batch_size} images"
              + (f", {c.step_s:.2f} s/step measured" if c.step_s else ""))
-        r = run_contender(c, out, eval_data, scored is not None, linear_epochs)
-        results.append(r)
-        _log(f"[{i}/{len(contenders)}] {c.name}: " + _one_line(r))
-    floors = _floors(scored)
-    report = write_report(out, request, results, floors, dataset)
+        try:
+            results.append(run_contender(c, out, eval_data, scored is not None, linear_epochs))
+        except UserError as exc:  # one method's failure is recorded; the others still run
+            failed[c.name] = str(exc)
+            _log(f"[{i}/{len(contenders)}] {c.name} failed: {exc}")
+            continue
+        _log(f"[{i}/{len(contenders)}] {c.name}: " + _one_line(results[-1]))
+    require(bool(results), f"every method failed: {'; '.join(f'{k}: {v}' for k, v in failed.items())}")
+    report = write_report(out, request, results, _floors(scored), dataset, failed)
     _log(f"report: {report}")
+    require(not failed, f"{len(failed)} of {len(contenders)} methods failed ({', '.join(failed)}); the report has "
+            f"the others: {report}")
     return report
 
 

@@ -75,12 +75,14 @@ def to_markdown(request: dict[str, Any], results: list[dict[str, Any]], floors: 
 
 
 def write_report(out: Path, request: dict[str, Any], results: list[dict[str, Any]], floors: dict[str, float],
-                 dataset: Any) -> Path:
+                 dataset: Any, failed: dict[str, str] | None = None) -> Path:
     from ..precision import machine_description, pick_device
 
     figures = _figures(out, results, floors, dataset)
     report = out / "report.md"
-    atomic_write_text(report, to_markdown(request, results, floors, figures, out, machine_description(pick_device("auto"))))
+    text = to_markdown(request, results, floors, figures, out, machine_description(pick_device("auto")))
+    text += "".join(f"\nFailed: {name}: {why}\n" for name, why in (failed or {}).items())
+    atomic_write_text(report, text)
     return report
 
 
