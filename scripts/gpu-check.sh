@@ -10,11 +10,15 @@
 #   (d) OUT/summary.md: the environment, every table, each part's status and wall time
 #   (p) --reproduce, alone (default budget 540 s): published CIFAR-10 numbers, SimCLR / MoCo v2 / BYOL at 100
 #       epochs on all of CIFAR-10, kNN against wall-clock beside the anchors    scripts/reproduce.py -> OUT/reproduce/
+#   (m) --compare, alone (default budget 900 s): every family on full CIFAR-10 at 60 s of pretraining each,
+#       scored on the 10,000 test images (issue #19)                          unveil compare     -> OUT/compare/
 #
 #   bash scripts/gpu-check.sh --data CIFAR10_PARQUET_DIR [--out DIR] [--budget-s 480] [--parts a,b,r,s,c]
 #   bash scripts/gpu-check.sh --tiny --data DIR --out DIR   # CPU, tiny (a)/(b) + suites at `smoke`: CI
 #   bash scripts/gpu-check.sh --reproduce --data CIFAR10_PARQUET_DIR [--out DIR]   # (p) only, <= 9 minutes
 #   bash scripts/gpu-check.sh --reproduce --tiny --data DIR --out DIR              # (p) on the CPU, tiny: CI
+#   bash scripts/gpu-check.sh --compare --data CIFAR10_PARQUET_DIR [--out DIR]     # (m) only, <= 15 minutes
+#   bash scripts/gpu-check.sh --compare --tiny --data DIR --out DIR                # (m) on the CPU, tiny: CI
 #
 # The GPU machine has no ../shared and no network: copy CIFAR-10's Parquet files into a git-ignored folder
 # of the repo (.gpu-data/cifar10, listed in .git/info/exclude) and carry it. unveil runs from the checkout
@@ -41,7 +45,8 @@ while [ $# -gt 0 ]; do
     --suites) IFS=, read -r -a suites <<<"$2"; shift 2 ;;
     --parts) parts="$2"; shift 2 ;;
     --reproduce) parts="p"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --compare) parts="m"; shift ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +54,7 @@ if [ -n "$data" ]; then
   [ -f "$data/train.parquet" ] || { echo "gpu-check: no train.parquet in --data $data (give CIFAR-10's Parquet folder)" >&2; exit 2; }
   UNVEIL_CIFAR10="$(cd "$data" && pwd)"; export UNVEIL_CIFAR10
 fi
-if [ -z "$budget" ]; then budget=480; [ "$parts" = p ] && budget=540; fi
+if [ -z "$budget" ]; then budget=480; [ "$parts" = p ] && budget=540; [ "$parts" = m ] && budget=900; fi
 [ -n "${UNVEIL_CIFAR10:-}" ] || { echo "gpu-check: give --data CIFAR10_PARQUET_DIR (or set UNVEIL_CIFAR10)" >&2; exit 2; }
 case "$budget" in ''|*[!0-9]*) echo "gpu-check: --budget-s must be a whole number of seconds, got '$budget'" >&2; exit 2 ;; esac
 
@@ -171,6 +176,11 @@ if [[ ",$parts," == *",p,"* ]]; then
   run_part "(p) published CIFAR-10 numbers: SimCLR, MoCo v2, BYOL at 100 epochs" "$budget" "$out/reproduce.log" \
     "$out/reproduce/reproduce.md" -- "$py" scripts/reproduce.py --device "$device" --data "$UNVEIL_CIFAR10" \
     --out "$out/reproduce" --budget-s "$(( budget > 40 ? budget - 20 : budget ))" ${tiny_flag[@]+"${tiny_flag[@]}"}
+fi
+if [[ ",$parts," == *",m,"* ]]; then
+  margs=(--budget 60s); [ "$tiny" = 1 ] && margs=(--epochs 1 --methods simclr,mae --linear-epochs 1 data.subset=256 data.test_subset=128)
+  run_part "(m) every family on one budget: unveil compare" "$budget" "$out/compare.log" "$out/compare/report.md" -- \
+    "$py" -m unveil.cli compare --data "$UNVEIL_CIFAR10" --out "$out/compare" "${margs[@]}" "train.device=$device"
 fi
 if [[ ",$parts," == *",c,"* ]]; then
   for suite in "${suites[@]}"; do

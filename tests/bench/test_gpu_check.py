@@ -157,3 +157,17 @@ def test_reproduce_tiny_trains_each_method_and_prints_the_anchors(cifar10_dir, t
         assert anchor in table
     assert table.count("| finished |") == 3, table
     assert (out / "reproduce" / "time_to_accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # two tiny pretraining runs and their evaluations in a child process
+def test_compare_tiny_runs_the_compare_part_and_writes_its_report(cifar10_dir, tmp_path):
+    """``--compare --tiny``: the GPU compare's path on the CPU (issue #19 item 4): two families, one epoch."""
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--compare", "--tiny", "--data",
+                           str(cifar10_dir), "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "## (m) every family on one budget: unveil compare: passed" in summary
+    report = (out / "compare" / "report.md").read_text()
+    assert "| simclr |" in report and "| mae |" in report and "raw pixels" in report
