@@ -131,16 +131,21 @@ def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def _tiny_part(flag: str, cifar10_dir: Path, out: Path) -> str:
+    """Run ``gpu-check.sh FLAG --tiny`` on the CPU into ``out``; its summary.md (the run must succeed)."""
+    env = {**os.environ, "UNVEIL_CACHE": str(out.parent / "cache")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), flag, "--tiny", "--data", str(cifar10_dir),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return (out / "summary.md").read_text()
+
+
 @pytest.mark.slow  # ~90 s on 2 cores: three tiny pretraining runs in child processes, kNN at each epoch
 def test_reproduce_tiny_trains_each_method_and_prints_the_anchors(cifar10_dir, tmp_path):
     """``--reproduce --tiny``: the GPU reproduction's path on the CPU (SimCLR, MoCo v2, BYOL through
     their shipped recipes, kNN against wall-clock, the published anchors beside them)."""
     out = tmp_path / "gpu-check"
-    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--reproduce", "--tiny", "--data",
-                           str(cifar10_dir), "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    summary = (out / "summary.md").read_text()
+    summary = _tiny_part("--reproduce", cifar10_dir, out)
     assert "## (p) published CIFAR-10 numbers: SimCLR, MoCo v2, BYOL at 100 epochs: passed" in summary
     assert "## (a)" not in summary and "## (c)" not in summary  # --reproduce runs its part alone
     points = _rows(out / "reproduce" / "reproduce.csv")
@@ -163,11 +168,7 @@ def test_reproduce_tiny_trains_each_method_and_prints_the_anchors(cifar10_dir, t
 def test_compare_tiny_runs_the_compare_part_and_writes_its_report(cifar10_dir, tmp_path):
     """``--compare --tiny``: the GPU compare's path on the CPU (issue #19 item 4): two families, one epoch."""
     out = tmp_path / "gpu-check"
-    env = {**os.environ, "UNVEIL_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh"), "--compare", "--tiny", "--data",
-                           str(cifar10_dir), "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    summary = (out / "summary.md").read_text()
+    summary = _tiny_part("--compare", cifar10_dir, out)
     assert "## (m) every family on one budget: unveil compare: passed" in summary
     report = (out / "compare" / "report.md").read_text()
     assert "| simclr |" in report and "| mae |" in report and "raw pixels" in report
