@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -50,20 +49,10 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def cpu_description() -> str:
-    """Model name and the bf16-relevant flags, printed beside every figure."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    have = [f for f in wanted if f in flags] or ["none of avx2/avx512f/avx512_bf16/amx"]
-    absent = [f for f in wanted if f not in flags]
-    return (f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, flags: {' '.join(have)}"
-            f"{' (no ' + ', '.join(absent) + ')' if absent else ''}")
+    """The library's machine line (model, cores, threads, bf16 units), printed beside every figure."""
+    from unveil.precision import machine_description
+
+    return machine_description()
 
 
 def _autocast(precision: str):

@@ -24,7 +24,12 @@ def _threads():
     """The cores shared among pytest-xdist's workers (scripts/test.sh runs one per core): one worker per core
     with one thread each beats one worker with two threads on these small models (docs/benchmarks.md)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
+    threads = max(1, min(2, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(threads)
+    # child processes (the CLI, torchrun, scripts/gpu-check.sh) inherit the share: OpenMP's default of one
+    # thread per core beside another worker oversubscribes the cores (`gpu-check.sh --compare --tiny` beside
+    # one busy thread: 82-84 s with the default, 62-64 s with OMP_NUM_THREADS=1; 2-core AMD EPYC, 2026-12-03)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @pytest.fixture

@@ -291,3 +291,25 @@ def test_knn_on_the_head_beside_the_backbone(tiny_folder, tmp_path, capsys):
     tiny_suite(tiny_folder, twice, [{**moco, "evaluate": [*both, {"knn": {"k": 7, "features": "head"}}]}])
     with pytest.raises(UserError, match="lists knn_head twice"):
         load_suite(twice)
+
+
+def test_rewriting_the_table_does_not_load_runs_that_cannot_reconstruct(tmp_path, monkeypatch):
+    """The table and figures are rewritten after every entry; a finished run of a method without a
+    ``reconstruct`` hook is skipped by asking its class, not by loading it again each time (that was half of a
+    20-entry smoke suite's time: 420 loads)."""
+    from unveil.bench import figures
+    from unveil.runs import checkpoint
+    from unveil.runs.checkpoint import CKPT_NAME
+    from unveil.runs.logs import SUMMARY
+
+    planned = {p.entry.name: p for p in plan_suite(load_suite("masked-siamese"), "smoke", tmp_path)}
+    simclr = planned["simclr"]
+    simclr.run_dir.mkdir(parents=True)
+    (simclr.run_dir / CKPT_NAME).write_bytes(b"")  # "done" on disk; loading it would fail
+    (simclr.run_dir / SUMMARY).write_text("{}")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("load_run called for a method that cannot reconstruct")
+
+    monkeypatch.setattr(checkpoint, "load_run", no_loading)
+    assert figures.reconstruction(simclr, tmp_path / "recon_simclr.png") is None
