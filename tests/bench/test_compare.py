@@ -19,6 +19,7 @@ import torch
 from unveil.bench import compare
 from unveil.cli import main
 from unveil.errors import UserError
+from unveil.runs.logs import EPOCH_LOG, STEP_LOG
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("20m", 1200), ("1.5h", 5400), (" 2 m ", 120)])
@@ -110,9 +111,28 @@ def test_a_killed_compare_continues_with_the_unfinished_method_and_writes_its_re
         assert 0 <= r["knn"] <= 100 and 0 <= r["knn_untrained"] <= 100 and r["rankme"] >= 1
         assert r["linear_1pct_labels"] < r["linear_10pct_labels"] <= r["linear_labels"] if "linear_labels" in r \
             else r["linear_1pct_labels"] <= r["linear_10pct_labels"]
+    for name, r in results.items():  # the monitor at every epoch (3 of them), the untrained encoder at 0 s
+        curve, epochs = r["curve"], [e * r["plan"]["steps_per_epoch"] for e in range(4)]
+        # the killed method may lose the point of the epoch it was killed in (checkpoint first, then the monitor)
+        steps = [p["step"] for p in curve]
+        assert steps == epochs if name == "simclr" else (set(steps) <= set(epochs) and steps[::len(steps) - 1] ==
+                                                         epochs[::3]), (name, curve)
+        assert curve[0]["train_s"] == 0 and all(a["train_s"] < b["train_s"] for a, b in zip(curve, curve[1:]))
+        assert all(0 <= p["knn_top1"] <= 100 for p in curve)
     report = (out / "report.md").read_text()
     assert "| simclr |" in report and "| overlay |" in report and "raw pixels" in report
     assert (out / "scores.png").is_file() and (out / "score_vs_time.png").is_file()
+
+
+def test_the_training_curve_reads_the_steps_own_clock(tmp_path):
+    """Seconds of training at each monitored step: logged intervals' images over their images/s, summed,
+    interpolated between logged steps; the monitor's time is not in it."""
+    (tmp_path / STEP_LOG).write_text("step,loss,images_per_s\n10,1.0,100\n20,0.9,50\n25,0.8,50\n")
+    (tmp_path / EPOCH_LOG).write_text("epoch,step,knn_top1,monitor_s\n0,0,20.0,9\n1,15,30.0,9\n2,25,35.0,9\n")
+    # batch 10: steps 0-10 take 100 images / 100 per s = 1 s, 10-20 2 s, 20-25 1 s
+    assert compare.training_curve(tmp_path, batch_size=10) == [
+        {"step": 0, "train_s": 0.0, "knn_top1": 20.0}, {"step": 15, "train_s": 2.0, "knn_top1": 30.0},
+        {"step": 25, "train_s": 4.0, "knn_top1": 35.0}]
 
 
 @pytest.mark.slow

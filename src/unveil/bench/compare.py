@@ -36,6 +36,7 @@ FAMILIES: dict[str, str] = {
 }
 CALIBRATION_STEPS = 4  # timed steps per contender (the first is left out: allocation, first-touch)
 LOW_SHOT = ("1%", "10%")
+CURVE_POINTS = 5  # kNN points along each pretraining (labelled data scored on itself)
 
 
 def _log(message: str) -> None:
@@ -116,18 +117,56 @@ def plan_steps(c: Contender, budget_s: float | None, epochs: int | None) -> Cont
     return c
 
 
-def pretrain_config(c: Contender, out: Path) -> dict[str, Any]:
-    """The contender's run: its recipe on the shared data, ``c.steps`` steps, warm-up at most a tenth of them."""
+def pretrain_config(c: Contender, out: Path, monitor: bool = False) -> dict[str, Any]:
+    """The contender's run: its recipe on the shared data, ``c.steps`` steps, warm-up at most a tenth of them;
+    with ``monitor`` (labelled pretraining data) the kNN monitor draws its accuracy against training time."""
     from ..config import resolve
 
     epochs = math.ceil(c.steps / c.steps_per_epoch)
     base = resolve(c.recipe, [*c.overrides, f"out={out / c.name}", f"train.epochs={epochs}"])
     warmup = min(float(base["train"].get("warmup_epochs") or 0.0), 0.1 * c.steps / c.steps_per_epoch)
     return resolve(c.recipe, [*c.overrides, f"out={out / c.name}", f"train.epochs={epochs}",
-                              f"train.max_steps={c.steps}", f"train.warmup_epochs={warmup:.6g}"])
+                              f"train.max_steps={c.steps}", f"train.warmup_epochs={warmup:.6g}",
+                              *(_monitor_overrides(epochs) if monitor else [])])
 
 
-def pretrain(c: Contender, out: Path) -> tuple[Path, float]:
+def _monitor_overrides(epochs: int) -> list[str]:
+    """The engine's kNN monitor at about ``CURVE_POINTS`` evenly spaced epochs (and the untrained encoder first):
+    the points of accuracy against training time. Its own time is left out of the curve's clock."""
+    every = max(1, round(epochs / CURVE_POINTS))
+    return ["train.monitor=knn", f"train.monitor_every_epochs={every}"]
+
+
+def training_curve(run_dir: Path, batch_size: int) -> list[dict[str, float]]:
+    """(seconds of training steps, kNN top-1) at each monitored epoch, the untrained encoder at 0 s.
+
+    The clock is the training steps' own: each logged interval's images over its logged images/s (which
+    leaves out the monitor and the checkpoints), summed, and read at the monitored step by interpolating
+    between the logged steps."""
+    from ..runs.logs import EPOCH_LOG, STEP_LOG, read_csv
+
+    steps, seconds, last_step, clock = [0], [0.0], 0, 0.0
+    for row in read_csv(run_dir / STEP_LOG):
+        step, rate = int(row["step"]), float(row.get("images_per_s") or 0.0)
+        if step <= last_step or rate <= 0:
+            continue
+        clock += (step - last_step) * batch_size / rate
+        steps.append(step)
+        seconds.append(clock)
+        last_step = step
+    curve = []
+    for row in read_csv(run_dir / EPOCH_LOG):
+        if row.get("knn_top1") is None:
+            continue
+        at = min(int(row["step"]), steps[-1])
+        i = next(k for k, s in enumerate(steps) if s >= at)
+        t = seconds[i] if steps[i] == at else seconds[i - 1] + (seconds[i] - seconds[i - 1]) * (
+            (at - steps[i - 1]) / (steps[i] - steps[i - 1]))
+        curve.append({"step": int(row["step"]), "train_s": round(t, 2), "knn_top1": float(row["knn_top1"])})
+    return curve
+
+
+def pretrain(c: Contender, out: Path, monitor: bool = False) -> tuple[Path, float]:
     """Pretrain (or continue a killed pretraining, or keep a finished one); the wall-clock it used in all."""
     from ..runs.checkpoint import CKPT_NAME
     from ..runs.logs import SUMMARY
@@ -139,7 +178,7 @@ def pretrain(c: Contender, out: Path) -> tuple[Path, float]:
         return run_dir, used
     start = time.perf_counter()
     resume = run_dir if (run_dir / CKPT_NAME).is_file() else None
-    engine.train(pretrain_config(c, out), resume=resume)
+    engine.train(pretrain_config(c, out, monitor), resume=resume)
     used += time.perf_counter() - start
     atomic_write_text(clock, json.dumps({"seconds": used}))
     return run_dir, used
@@ -196,9 +235,15 @@ def run_contender(c: Contender, out: Path, eval_data: str | None, labelled: bool
         old = json.loads(saved.read_text())
         if old.get("plan") == plan and old.get("linear_epochs") == linear_epochs:
             return old
-    run_dir, used = pretrain(c, out)
+    monitor = labelled and eval_data is None  # the monitor scores on the pretraining data's own test split
+    run_dir, used = pretrain(c, out, monitor)
+    curve = training_curve(run_dir, c.batch_size) if monitor else []
+    if curve:  # the monitor's own time is not pretraining: the budget compares training
+        from ..runs.logs import EPOCH_LOG, read_csv
+
+        used -= sum(float(r.get("monitor_s") or 0.0) for r in read_csv(run_dir / EPOCH_LOG))
     result = {"name": c.name, "recipe": c.recipe, "plan": plan, "linear_epochs": linear_epochs,
-              "pretrain_s": used, "images_seen": c.steps * c.batch_size,
+              "pretrain_s": used, "images_seen": c.steps * c.batch_size, "curve": curve,
               **scores(run_dir, eval_data, labelled, linear_epochs)}
     atomic_write_text(saved, json.dumps(result, indent=2))
     return result
