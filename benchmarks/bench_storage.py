@@ -25,7 +25,7 @@ def run_rate(storage: str, args: argparse.Namespace, out: Path) -> dict:
     overrides = [f"data.name={args.data}", f"data.storage={storage}", f"data.image_size={args.size}",
                  "train.monitor=none", "train.progress=false", f"train.epochs={args.epochs}",
                  f"train.batch_size={args.batch}", f"train.device={args.device}", "train.log_every_steps=5",
-                 f"out={out}"]
+                 f"out={out}", *args.override]
     if args.subset:
         overrides.append(f"data.subset={args.subset}")
     t0 = time.perf_counter()
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=None)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (--tiny on a CPU: backbone.cifar_stem=false)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -56,7 +58,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     ratio = rows[2]["images_per_s"] / rows[1]["images_per_s"]
     lines = [f"# SimCLR ResNet-18 from the disk cache vs RAM ({where}, torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}; {args.size} px, batch {args.batch}, epochs 2..{args.epochs})", "",
+             f"{time.strftime('%Y-%m-%d')}; {args.size} px, batch {args.batch}, epochs 2..{args.epochs}"
+             f"{'; ' + ' '.join(args.override) if args.override else ''})", "",
              "| storage | images/s (median) | min | max | log rows | wall s |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['storage']} | {r['images_per_s']:.0f} | {r['min']:.0f} | {r['max']:.0f} | {r['log_rows']} | "
               f"{r['wall_s']} |" for r in rows]

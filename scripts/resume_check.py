@@ -52,11 +52,12 @@ def _compare(reference: dict, resumed: dict) -> dict:
 
 
 def check(method: str, device: str, deterministic: bool, out: Path, data: str, subset: int = 1024,
-          batch: int = 128) -> dict:
+          batch: int = 128, extra: list[str] | None = None) -> dict:
     """Eight steps (subset / batch), a checkpoint every 3, interrupted at the 5th."""
     overrides = [f"method.name={method}", f"data.name={data}", f"data.subset={subset}", "data.test_subset=256",
                  f"train.batch_size={batch}", "train.epochs=1", "train.ckpt_every_steps=3", "train.monitor=none",
-                 "train.progress=false", f"train.device={device}", f"train.deterministic={str(deterministic).lower()}"]
+                 "train.progress=false", f"train.device={device}", f"train.deterministic={str(deterministic).lower()}",
+                 *(extra or [])]
     runs = {}
     for name in ("full", "part"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -95,6 +96,8 @@ def main() -> int:
     ap.add_argument("--methods", default="simclr")
     ap.add_argument("--subset", type=int, default=1024, help="training images; with --batch: 8 steps by default")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (--tiny on a CPU: backbone.cifar_stem=false)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -103,7 +106,7 @@ def main() -> int:
             t0 = time.perf_counter()
             try:
                 row = check(method, args.device, deterministic, args.out / f"{method}-{int(deterministic)}", args.data,
-                            args.subset, args.batch)
+                            args.subset, args.batch, args.override)
             except Exception as exc:  # one failing mode must not hide the other's result
                 row = {"method": method, "deterministic": deterministic, "error": f"{type(exc).__name__}: {exc}"[:300]}
             row["seconds"] = round(time.perf_counter() - t0, 1)

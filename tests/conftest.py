@@ -89,10 +89,44 @@ def flat_folder(tiny_folder, tmp_path) -> Path:
     return flat
 
 
+# The longest tests of a CI run, longest first (`--durations` of a fresh-clone `bash .ci/run`, 2 workers, 2026-12-03:
+# 384, 329, 168, 119, 112, 83, 60, 55, 53 s): each worker must start on one of them, not find them queued last.
+LONGEST = (
+    "test_gpu_check.py::test_gpu_check_tiny_runs_every_part",
+    "test_e2e_mim.py::test_mvmae_reconstructs_and_beats_the_untrained_vit_on_knn",
+    "test_e2e_siamese.py::test_knn_beats_the_untrained_encoder[moco_unmix_cifar10]",
+    "test_e2e_siamese.py::test_knn_beats_the_untrained_encoder[mscn_simclr_7_multimask]",
+    "test_e2e_autoencoders.py::test_overlay_ae_learns_beyond_its_untrained_weights",
+    "test_diskcache.py::test_training_from_the_disk_cache_keeps_anonymous_memory_under_budget",
+    "test_gpu_check.py::test_compare_tiny_runs_the_compare_part_and_writes_its_report",
+    "test_bench.py::test_smoke_scale_of_shipped_suites_on_cifar10[overlay]",
+    "test_gpu_check.py::test_reproduce_tiny_trains_each_method_and_prints_the_anchors",
+)
+
+
+def _long_rank(item) -> int | None:
+    return next((i for i, name in enumerate(LONGEST) if item.nodeid.endswith(name)), None)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Longest first, so that no worker ends the run alone on a long test: the end-to-end learning tests
-    (minutes each), then the other slow ones, then the rest; the order within each group is kept."""
+    """Longest first, so that no worker ends the run alone on a long test.
+
+    pytest-xdist's worksteal gives worker k the k-th contiguous share of this list and an idle worker steals the
+    tail of another's queue, so the LONGEST tests are dealt round-robin to the heads of the shares; the rest
+    follow in each share: end-to-end learning tests (minutes), then other slow ones, then the fast ones."""
     def rank(item) -> int:
         return 0 if "e2e/" in item.nodeid else 1 if item.get_closest_marker("slow") else 2
 
-    items.sort(key=rank)
+    longest = sorted((item for item in items if _long_rank(item) is not None), key=_long_rank)
+    rest = sorted((item for item in items if _long_rank(item) is None), key=rank)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    shares, left = [], len(items)
+    for k in range(workers):  # the share sizes worksteal hands out: the pending tests split evenly, in order
+        shares.append(left // (workers - k))
+        left -= shares[-1]
+    ordered = []
+    for k, size in enumerate(shares):
+        heads = longest[k::workers]
+        ordered += heads + rest[:size - len(heads)]
+        rest = rest[size - len(heads):]
+    items[:] = ordered + rest
