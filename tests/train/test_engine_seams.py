@@ -251,3 +251,31 @@ def test_batchnorm_recalibration_feeds_split_batchnorm_whole_shares():
     expected = torch.stack([c.float().mean((0, 2, 3)) for c in chunks]).mean(0)  # every batch counts the same
     assert torch.allclose(probe.bn.running_mean, expected, atol=1e-3)
     assert not probe.bn.training
+
+
+def test_logged_throughput_leaves_out_the_end_of_epoch_but_not_the_steps_before_it(tiny_folder, tmp_path, monkeypatch):
+    """A log interval that spans an epoch's end is timed over its steps only: the checkpoint and the monitor
+    pause the clock. Every step sleeps 0.05 s and every epoch's end 1 s, so every interval logs about
+    16 images / 0.05 s; resetting the clock at the epoch's end logged the spanning interval at 600 (320 expected)."""
+    import time as time_mod
+
+    from unveil.runs.logs import STEP_LOG, read_csv
+
+    step, end = engine._train_step, engine._end_of_epoch
+
+    def slow_step(*args, **kwargs):
+        time_mod.sleep(0.05)
+        return step(*args, **kwargs)
+
+    def slow_end(*args, **kwargs):
+        time_mod.sleep(1.0)
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_step", slow_step)
+    monkeypatch.setattr(engine, "_end_of_epoch", slow_end)
+    # 77 training images of the 96 (test_fraction 0.2) in batches of 16: 4 steps an epoch; logged every 3
+    run = engine.train(_cfg(tiny_folder, tmp_path / "run", "train.epochs=3", "train.log_every_steps=3"))
+    rates = [float(r["images_per_s"]) for r in read_csv(run / STEP_LOG)]
+    assert len(rates) >= 4
+    assert max(rates) < 16 / 0.05 * 1.25, rates  # no interval faster than its steps' sleep allows
+    assert min(rates) > 16 / 0.05 / 3, rates  # nor slowed by the 1 s pauses
