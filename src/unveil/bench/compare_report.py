@@ -1,7 +1,7 @@
 """The report of ``unveil compare``: a Markdown table sorted by the headline score, each accuracy with its
 standard error and beside its untrained encoder, the floors, how far the label-free score agreed with kNN,
-and the figures (kNN bars with the floors as lines; score against pretraining wall-clock; for unlabelled
-data, each encoder's nearest neighbours)."""
+and the figures (kNN bars with the floors as lines; score against pretraining wall-clock, with the kNN
+monitor's points during training on labelled data; for unlabelled data, each encoder's nearest neighbours)."""
 
 from __future__ import annotations
 
