@@ -109,20 +109,20 @@ def _figures(out: Path, results: list[dict[str, Any]], floors: dict[str, float],
     paths.append(out / "scores.png")
     _save(fig, paths[-1])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for r in results:
+    curves = labelled and any(r.get("curve") for r in results)
+    for r in results:  # untrained (hollow) at 0 s and pretrained (filled) at the wall-clock used: the final kNN
+        line, = ax.plot([0, r["pretrain_s"] / 60], [r[f"{key}_untrained"], r[key]], ls="-" if not curves else "none",
+                        marker="o", label=r["name"])
+        ax.plot([0], [r[f"{key}_untrained"]], marker="o", mfc="white", color=line.get_color())
         curve = r.get("curve") or []
-        if curve and labelled:  # the monitor's kNN during training (dashed), then the final evaluation
-            line, = ax.plot([p["train_s"] / 60 for p in curve], [p["knn_top1"] for p in curve], ls="--", marker=".",
-                            label=r["name"])
-            ax.plot([curve[-1]["train_s"] / 60, r["pretrain_s"] / 60], [curve[-1]["knn_top1"], r[key]],
-                    color=line.get_color(), ls=":", marker="o")
-        else:  # from the untrained encoder at 0 s to the pretrained one at the wall-clock it used
-            ax.plot([0, r["pretrain_s"] / 60], [r[f"{key}_untrained"], r[key]], marker="o", label=r["name"])
+        if curve and labelled:  # the monitor during training: its own smaller bank and queries, so lower
+            ax.plot([p["train_s"] / 60 for p in curve], [p["knn_top1"] for p in curve], ls="--", marker=".",
+                    color=line.get_color(), alpha=0.7)
     ax.set(xlabel="pretraining wall-clock (min)", ylabel=name, title="score against time")
-    if any(r.get("curve") for r in results) and labelled:
-        ax.text(0.01, 0.01, "dashed: the kNN monitor during training (its subset); o: the final kNN",
-                transform=ax.transAxes, fontsize=6, color="0.35")
-    ax.legend(fontsize=7, ncol=2)
+    if curves:
+        ax.text(0.01, 0.01, "o: final kNN (all images), hollow: untrained; dashed: kNN monitor during training "
+                "(a subset: compare shapes, not levels)", transform=ax.transAxes, fontsize=5.5, color="0.35")
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
     paths.append(out / "score_vs_time.png")
     _save(fig, paths[-1])
     if not labelled:
