@@ -137,33 +137,27 @@ def _monitor_overrides(epochs: int) -> list[str]:
     return ["train.monitor=knn", f"train.monitor_every_epochs={every}"]
 
 
-def training_curve(run_dir: Path, batch_size: int) -> list[dict[str, float]]:
-    """(seconds of training steps, kNN top-1) at each monitored epoch, the untrained encoder at 0 s.
+def training_curve(run_dir: Path, batch_size: int) -> tuple[list[dict[str, float]], float]:
+    """(seconds of training steps, kNN top-1) at each monitored epoch, the untrained encoder at 0 s; and the
+    monitor's own seconds in all (left out of the budget).
 
     The clock is the training steps' own: each logged interval's images over its logged images/s (which
     leaves out the monitor and the checkpoints), summed, and read at the monitored step by interpolating
     between the logged steps."""
+    import numpy as np
+
     from ..runs.logs import EPOCH_LOG, STEP_LOG, read_csv
 
-    steps, seconds, last_step, clock = [0], [0.0], 0, 0.0
+    steps, seconds = [0], [0.0]
     for row in read_csv(run_dir / STEP_LOG):
         step, rate = int(row["step"]), float(row.get("images_per_s") or 0.0)
-        if step <= last_step or rate <= 0:
-            continue
-        clock += (step - last_step) * batch_size / rate
-        steps.append(step)
-        seconds.append(clock)
-        last_step = step
-    curve = []
-    for row in read_csv(run_dir / EPOCH_LOG):
-        if row.get("knn_top1") is None:
-            continue
-        at = min(int(row["step"]), steps[-1])
-        i = next(k for k, s in enumerate(steps) if s >= at)
-        t = seconds[i] if steps[i] == at else seconds[i - 1] + (seconds[i] - seconds[i - 1]) * (
-            (at - steps[i - 1]) / (steps[i] - steps[i - 1]))
-        curve.append({"step": int(row["step"]), "train_s": round(t, 2), "knn_top1": float(row["knn_top1"])})
-    return curve
+        if step > steps[-1] and rate > 0:
+            seconds.append(seconds[-1] + (step - steps[-1]) * batch_size / rate)
+            steps.append(step)
+    monitored = read_csv(run_dir / EPOCH_LOG)
+    curve = [{"step": int(r["step"]), "train_s": round(float(np.interp(int(r["step"]), steps, seconds)), 2),
+              "knn_top1": float(r["knn_top1"])} for r in monitored if r.get("knn_top1") is not None]
+    return curve, sum(float(r.get("monitor_s") or 0.0) for r in monitored)
 
 
 def pretrain(c: Contender, out: Path, monitor: bool = False) -> tuple[Path, float]:
@@ -237,11 +231,8 @@ def run_contender(c: Contender, out: Path, eval_data: str | None, labelled: bool
             return old
     monitor = labelled and eval_data is None  # the monitor scores on the pretraining data's own test split
     run_dir, used = pretrain(c, out, monitor)
-    curve = training_curve(run_dir, c.batch_size) if monitor else []
-    if curve:  # the monitor's own time is not pretraining: the budget compares training
-        from ..runs.logs import EPOCH_LOG, read_csv
-
-        used -= sum(float(r.get("monitor_s") or 0.0) for r in read_csv(run_dir / EPOCH_LOG))
+    curve, monitor_s = training_curve(run_dir, c.batch_size) if monitor else ([], 0.0)
+    used -= monitor_s  # the monitor's own time is not pretraining: the budget compares training
     result = {"name": c.name, "recipe": c.recipe, "plan": plan, "linear_epochs": linear_epochs,
               "pretrain_s": used, "images_seen": c.steps * c.batch_size, "curve": curve,
               **scores(run_dir, eval_data, labelled, linear_epochs)}
