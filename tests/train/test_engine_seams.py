@@ -195,7 +195,9 @@ def test_auto_monitor_sizes_stay_near_a_tenth_of_an_epoch():
     bank, query = monitor_sizes(t, 9500, 3900)
     assert (bank, query) == (2375, 475)  # 0.3 forward passes per training image (~6 in a two-view epoch)
     assert monitor_sizes(t, 50_000, 10_000) == (10_000, 2_000)
-    assert monitor_sizes(t, 100, 20) == (64, 20)  # small data: small floors (a few seconds at most)
+    assert monitor_sizes(t, 100, 20) == (100, 20)  # small data: every image (a few seconds at most)
+    assert monitor_sizes(t, 245, 153) == (245, 153)  # the ants-and-bees folder: not 64 and 32
+    assert monitor_sizes(t, 5_000, 2_000) == (1_250, 250)
     assert monitor_sizes({**t, "monitor_train_size": None, "monitor_test_size": 7}, 500, 90) == (500, 7)
 
 

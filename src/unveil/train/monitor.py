@@ -37,10 +37,12 @@ def monitor_sizes(t: dict[str, Any], n_train: int, n_test: int) -> tuple[int, in
     The classify monitor (supervised training, fine-tuning) is the evaluation itself, so its auto
     query set stays the earlier fixed 5,000 test images."""
     bank, query = t["monitor_train_size"], t["monitor_test_size"]
+    # Floors of 1,000 bank images and 250 queries (or every image, where a folder has fewer): encoding
+    # them takes seconds, and a kNN score from a few dozen images (the old floors of 64 and 32) is noise.
     if bank == "auto":
-        bank = min(10_000, max(64, n_train // 4))
+        bank = min(10_000, max(1_000, n_train // 4))
     if query == "auto":
-        query = 5_000 if t["monitor"] == "classify" else min(2_000, max(32, n_train // 20))
+        query = 5_000 if t["monitor"] == "classify" else min(2_000, max(250, n_train // 20))
     return min(bank or n_train, n_train), min(query or n_test, n_test)
 
 
