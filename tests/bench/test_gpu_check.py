@@ -1,6 +1,6 @@
 """scripts/gpu-check.sh in its CPU mode (`--tiny`): (a) one engine step of every registered method,
 (b) the SimCLR images/s table (unveil, lightly, floor), (r) the resume check, (s) disk cache vs RAM,
-(c) every suite at `smoke` scale on real
+(c) each suite's untrained baselines and its first and last entries at `smoke` scale on real
 CIFAR-10 images, through the same script a GPU machine runs; plus the part isolation (a part that
 fails is recorded and the next one runs) and the one-line refusals."""
 
@@ -82,16 +82,21 @@ def test_gpu_check_tiny_runs_every_part(cifar10_dir, tmp_path):
     storage = json.loads((out / "storage" / "storage.json").read_text())
     assert [r["storage"] for r in storage["rows"]] == ["disk (building the cache)", "memory", "disk"]
     assert all(r["images_per_s"] > 0 for r in storage["rows"])
-    # (c): the untrained baselines ran first, then every suite entry done at smoke scale and evaluated
+    # (c): the untrained baselines ran first, then (--tiny) each suite's first and last trained entries, done at
+    # smoke scale and evaluated; the table lists every entry, the others as not run
     for suite in SUITES:
         assert f"## (c) suite {suite} at smoke scale: untrained baselines: passed" in summary
     for suite in SUITES:
         assert f"## (c) suite {suite} at smoke scale: passed" in summary
         rows = {r["entry"]: r for r in _rows(out / suite / "results.csv")}
-        assert list(rows) == load_suite(suite).entry_names()
+        names = load_suite(suite).entry_names()
+        assert list(rows) == names
+        trained = [n for n in names if not n.startswith("untrained")]
+        ran = {trained[0], trained[-1]} | {n for n in names if n.startswith("untrained")}
         for entry, row in rows.items():
-            assert row["status"] == "done" and row["scale"] == "smoke", (suite, entry, row["status"])
-            assert row["knn_top1"] != "", (suite, entry)  # every entry was evaluated (a number, not a dash)
+            assert row["status"] == ("done" if entry in ran else "not run"), (suite, entry, row["status"])
+            if entry in ran:
+                assert row["scale"] == "smoke" and row["knn_top1"] != "", (suite, entry)  # evaluated: a number
     assert "total wall:" in summary
 
 

@@ -1,9 +1,9 @@
 """End-to-end SimCLR on real data, each run against the same recipe's untrained weights.
 
-At the CI scale (2 epochs = 46 steps on 3,000 images) SimCLR does not yet beat random weights on
-kNN (measured 2026-11-30, k = 200: Fashion-MNIST 65.2 % trained vs 66.8 % untrained, CIFAR-10
-28.8 % vs 29.6 %; random conv features are a strong kNN baseline), so kNN only guards against
-collapse here. What 46 steps do change measurably is the method's own task on images it never
+At the CI scale (2 epochs = 46 steps of 64 on 1,500 images) SimCLR does not yet beat random weights on
+kNN (measured 2026-11-30 on 3,000 images at batch 128, k = 200: Fashion-MNIST 65.2 % trained vs 66.8 %
+untrained, CIFAR-10 28.8 % vs 29.6 %; random conv features are a strong kNN baseline), so kNN only guards
+against collapse here. What 46 steps do change measurably is the method's own task on images it never
 trained on: the NT-Xent loss of two fixed views of 512 test images, computed with batch statistics
 (train-mode BatchNorm) for both models, so the number depends on the weights alone and a run whose
 weights do not move (a method that learns nothing) scores exactly the untrained value.
@@ -30,8 +30,8 @@ HELD_OUT = 512  # test images for the held-out contrastive loss
 def _simclr(data: str, out: Path, epochs: int) -> Path:
     """The CI-scale SimCLR recipe; ``epochs=0`` saves the initial weights (same seed, same data)."""
     cfg = resolve("simclr_fashion_mnist_demo", [
-        f"data.name={data}", "data.subset=3000", "data.test_subset=1000", f"train.epochs={epochs}",
-        "train.batch_size=128", "train.progress=false", "train.monitor=none", f"out={out}",
+        f"data.name={data}", "data.subset=1500", "data.test_subset=1000", f"train.epochs={epochs}",
+        "train.batch_size=64", "train.progress=false", "train.monitor=none", f"out={out}",
     ])
     return engine.train(cfg)
 
@@ -60,10 +60,11 @@ def test_simclr_fashion_mnist_learns_beyond_its_untrained_weights(fashion_mnist,
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     res = _trained_vs_untrained("fashion-mnist", tmp_path)
     trained, untrained = res["trained"], res["untrained"]
-    # Measured 2026-11-30 on a 2-core AMD EPYC, shared with other jobs: held-out NT-Xent 6.001 trained
-    # vs 6.839 untrained (gap 0.84; log(1023) = 6.93 is a uniform guess); required: half that gap.
-    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.42, res
-    # Same runs: kNN top-1 65.2 % trained, 66.8 % untrained (chance 10 %; k = 200, T = 0.1). Not a
+    # Measured 2026-12-04 on a 2-core AMD EPYC beside another job (1,500 images, batch 64: 18.6 s at one thread
+    # against 28.5 s for 3,000 at batch 128, whose gap was 0.79): held-out NT-Xent 6.149 trained vs 6.839
+    # untrained (gap 0.69; log(1023) = 6.93 is a uniform guess); required: half that gap.
+    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.35, res
+    # Same runs: kNN top-1 60.2 % trained (chance 10 %; k = 200, T = 0.1; 66.8 % untrained at 3,000). Not a
     # learning check at this scale (see the module doc): it fails if pretraining collapses the features.
     assert trained["knn_top1"] > 50.0, res
 
@@ -73,9 +74,10 @@ def test_simclr_cifar10_learns_beyond_its_untrained_weights(cifar10_dir, tmp_pat
     monkeypatch.setenv("UNVEIL_CACHE", str(tmp_path / "cache"))
     res = _trained_vs_untrained("cifar10", tmp_path)
     trained, untrained = res["trained"], res["untrained"]
-    # Measured 2026-11-30 on a 2-core AMD EPYC, shared with other jobs: held-out NT-Xent 6.314 trained
-    # vs 6.819 untrained (gap 0.50); required: half that gap.
-    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.25, res
-    # Same runs: kNN top-1 28.8 % trained, 29.6 % untrained (chance 10 %; k = 200, T = 0.1). Not a
+    # Measured 2026-12-04 on a 2-core AMD EPYC beside another job (1,500 images, batch 64: 18.7 s at one thread
+    # against 31.5 s for 3,000 at batch 128, whose gap was 0.47): held-out NT-Xent 6.473 trained vs 6.818
+    # untrained (gap 0.35); required: half that gap.
+    assert trained["heldout_ntxent"] < untrained["heldout_ntxent"] - 0.17, res
+    # Same runs: kNN top-1 23.9 % trained (chance 10 %; k = 200, T = 0.1; 28.5 % at 3,000 images). Not a
     # learning check at this scale (see the module doc): it fails if pretraining collapses the features.
-    assert trained["knn_top1"] > 20.0, res
+    assert trained["knn_top1"] > 18.0, res

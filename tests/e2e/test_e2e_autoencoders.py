@@ -69,11 +69,15 @@ def cifar10_env(cifar10_dir, tmp_path, monkeypatch):
 
 
 def test_overlay_ae_learns_beyond_its_untrained_weights(cifar10_env, tmp_path):
-    res = _trained_vs_untrained("overlay_cifar10", tmp_path, ["data.subset=1000", "train.epochs=1", "train.batch_size=32"])
-    # Measured 2026-11-30 on a 2-core AMD EPYC, shared with other jobs (31 steps of batch 32): held-out
-    # loss 0.0421 trained vs 0.0665 untrained (gap 0.024); required: half that gap.
-    assert res["heldout_loss_trained"] < res["heldout_loss_untrained"] - 0.012, res
-    # Same run: training loss 0.0624 -> 0.0421 (0.67x), mean of the first vs last 5 steps; required < 0.8x.
+    # The ImageNet-style AE (stride-32 encoder) at 32 px: the same method, corruption and loss at a fifth of the
+    # time of the recipe's CIFAR-style AE (17.6 s against 93.1 s, gap 0.031 against 0.025, one thread beside
+    # another job, 2-core AMD EPYC, 2026-12-04); the recipe's own AE takes its step in the contract test.
+    res = _trained_vs_untrained("overlay_cifar10", tmp_path, ["data.subset=1000", "train.epochs=1", "train.batch_size=32",
+                                                              "backbone.cifar_stem=false", "method.cifar=false"])
+    # Measured 2026-12-04 (31 steps of batch 32): held-out loss 0.0567 trained vs 0.0878 untrained (gap 0.031);
+    # required: half that gap.
+    assert res["heldout_loss_trained"] < res["heldout_loss_untrained"] - 0.015, res
+    # Same run: training loss 0.0844 -> 0.0589 (0.70x), mean of the first vs last 5 steps; required < 0.8x.
     assert res["train_loss_last5"] < 0.8 * res["train_loss_first5"], res
 
 
