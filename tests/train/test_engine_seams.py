@@ -210,6 +210,31 @@ def test_auto_batch_fits_small_folders():
     assert auto_batch_size(77)[0] == 32 and auto_batch_size(3, accumulate_steps=2)[0] == 2
 
 
+def test_a_moco_queue_longer_than_the_data_is_lowered_to_what_the_data_fills():
+    from unveil.train.engine import fit_queue_to_data
+
+    method = {"name": "moco", "queue_size": 4096}
+    lowered, note = fit_queue_to_data(method, 245, 64)  # the ants-and-bees folder: 16 keys of each photo
+    assert lowered == {"name": "moco", "queue_size": 192} and "lowered from 4096 to 192" in note and "245" in note
+    assert method["queue_size"] == 4096  # the recipe's dict is not changed in place
+    assert fit_queue_to_data(method, 5_000, 256) == (method, "")  # fits: as the recipe says
+    assert fit_queue_to_data(method, 100, 128)[0]["queue_size"] == 128  # at least one global batch
+    assert fit_queue_to_data({"name": "simclr"}, 10, 8) == ({"name": "simclr"}, "")
+
+
+@pytest.mark.slow
+def test_the_lowered_queue_is_the_one_trained_saved_and_reloaded(tiny_folder, tmp_path, capsys):
+    from unveil.runs.checkpoint import load_run
+
+    out = tmp_path / "run"
+    engine.train(resolve("mocov2_cifar10", [f"data.name={tiny_folder}", "data.image_size=16", "backbone.name=resnet18",
+                                            "train.epochs=1", "train.batch_size=16", "train.monitor=none",
+                                            "train.progress=false", "train.precision=fp32", f"out={out}"]))
+    assert "method.queue_size lowered from 4096 to" in capsys.readouterr().err
+    method, cfg, _ = load_run(out)
+    assert method.queue.size == cfg["method"]["queue_size"] < 96  # the folder's training images fill it
+
+
 def test_batchnorm_recalibration_estimates_the_data_statistics_and_leaves_weights():
     from unveil.protocols._shared import recalibrate_batchnorm
 

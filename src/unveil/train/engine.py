@@ -80,6 +80,7 @@ class _Run:
     labelled: bool = True
     batch_size: int = 0  # per process; train.batch_size, or what auto chose for the data
     batch_note: str = ""
+    queue_note: str = ""
 
     @property
     def t(self) -> dict[str, Any]:
@@ -160,6 +161,21 @@ def _load_data(run: _Run) -> None:
     require(run.batch_size % run.t["accumulate_steps"] == 0,
             f"batch {run.batch_size} is not a multiple of train.accumulate_steps={run.t['accumulate_steps']}")
     run.labelled = has_labels(run.dataset)
+    method, run.queue_note = fit_queue_to_data(run.cfg["method"], n, run.batch_size * run.world)
+    run.cfg = {**run.cfg, "method": method}  # saved as config.yaml: the run reloads with the queue it trained with
+
+
+def fit_queue_to_data(method: dict[str, Any], n_images: int, global_batch: int) -> tuple[dict[str, Any], str]:
+    """A MoCo queue (MoCo, Un-Mix, MixDet) longer than the training set holds several keys of every image, so
+    each query meets older keys of its own image among its negatives (4,096 keys over the 245 photos of the
+    ants-and-bees folder: 16 each). Lower it to the largest multiple of the global batch that the training
+    set fills (at least one batch); a queue that fits is left as the recipe says."""
+    size = method.get("queue_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= n_images:
+        return method, ""
+    lowered = max(global_batch, n_images // global_batch * global_batch)
+    return {**method, "queue_size": lowered}, (f"method.queue_size lowered from {size} to {lowered}: a queue longer "
+                                                f"than the {n_images} training images holds several keys of each image")
 
 
 def auto_batch_size(images_per_rank: int, accumulate_steps: int = 1, default: int = 256) -> tuple[int, str]:
@@ -251,7 +267,8 @@ def _announce(run: _Run) -> None:
     run.logger.info(f"run {run.run_dir}: {run.cfg['method']['name']} on {ds.name} ({len(ds.train.images)} images, "
                     f"{ds.image_size} px, {labels}), {run.world} process(es) on {run.device.type}, {run.precision}, "
                     f"batch {run.batch_size}{' (auto: ' + run.batch_note + ')' if run.batch_note else ''}, "
-                    f"{run.steps_per_epoch} steps/epoch" + (f"; backbone {run.stem_note}" if run.stem_note else ""))
+                    f"{run.steps_per_epoch} steps/epoch" + (f"; backbone {run.stem_note}" if run.stem_note else "")
+                    + (f"; {run.queue_note}" if run.queue_note else ""))
     if t["monitor"] == "knn" and not run.labelled:
         run.logger.info("the data has no labels, so the kNN monitor is skipped: each epoch writes neighbours.png "
                         "(nearest training images of 8 test images; neighbours_untrained.png is the same before "
