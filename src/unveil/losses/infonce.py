@@ -49,6 +49,14 @@ class KeyQueue(nn.Module):
     def size(self) -> int:
         return self.keys.shape[0]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """Take the saved queue's length: the engine fits a queue to small data (``fit_queue_to_data``) while the
+        run's config keeps the recipe's length, so a loaded run must adopt the length it trained with."""
+        saved = state_dict.get(prefix + "keys")
+        if saved is not None and saved.ndim == 2 and saved.shape[1] == self.keys.shape[1]:
+            self.keys = torch.empty_like(saved, device=self.keys.device, dtype=self.keys.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         keys = dist.gather_no_grad(F.normalize(keys.detach().float(), dim=1))

@@ -81,6 +81,7 @@ class _Run:
     batch_size: int = 0  # per process; train.batch_size, or what auto chose for the data
     batch_note: str = ""
     queue_note: str = ""
+    fitted_method: dict[str, Any] | None = None
 
     @property
     def t(self) -> dict[str, Any]:
@@ -161,15 +162,17 @@ def _load_data(run: _Run) -> None:
     require(run.batch_size % run.t["accumulate_steps"] == 0,
             f"batch {run.batch_size} is not a multiple of train.accumulate_steps={run.t['accumulate_steps']}")
     run.labelled = has_labels(run.dataset)
-    method, run.queue_note = fit_queue_to_data(run.cfg["method"], n, run.batch_size * run.world)
-    run.cfg = {**run.cfg, "method": method}  # saved as config.yaml: the run reloads with the queue it trained with
+    # config.yaml keeps the recipe's queue_size (suites and compare match runs by their config); the checkpoint
+    # holds the fitted queue, whose length KeyQueue adopts when a run is loaded
+    run.fitted_method, run.queue_note = fit_queue_to_data(run.cfg["method"], n, run.batch_size * run.world)
 
 
 def fit_queue_to_data(method: dict[str, Any], n_images: int, global_batch: int) -> tuple[dict[str, Any], str]:
     """A MoCo queue (MoCo, Un-Mix, MixDet) longer than the training set holds several keys of every image, so
     each query meets older keys of its own image among its negatives (4,096 keys over the 245 photos of the
     ants-and-bees folder: 16 each). Lower it to the largest multiple of the global batch that the training
-    set fills (at least one batch); a queue that fits is left as the recipe says."""
+    set fills (at least one batch); a queue that fits is left as the recipe says. Like ``batch_size: auto``, the
+    run's config.yaml keeps what the recipe says and the run's first line says what was used."""
     size = method.get("queue_size")
     if not isinstance(size, int) or isinstance(size, bool) or size <= n_images:
         return method, ""
@@ -198,7 +201,7 @@ def _build_model(run: _Run) -> None:
             f"method {name} trains on labels, but {run.dataset.name} has none (a folder without class folders): "
             "give a folder of class folders, or use a self-supervised method such as simclr")
     # init_backbone's weights loaded and momentum copies (BYOL's target, MoCo's key encoder) restarted from them
-    method = build_untrained(run.cfg, data_info_of(run.dataset))
+    method = build_untrained({**run.cfg, "method": run.fitted_method or run.cfg["method"]}, data_info_of(run.dataset))
     if t["freeze_backbone"]:
         method.backbone.requires_grad_(False)
     method.to(run.device)
