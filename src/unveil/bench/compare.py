@@ -80,14 +80,38 @@ def shared_overrides(data: str, seed: int, extra: list[str]) -> list[str]:
             f"train.seed={seed}", "train.progress=false", "train.monitor=none", *extra]
 
 
-def stem_overrides(recipe: str, image_size: int) -> list[str]:
-    """The stem auto picks for the data: the CIFAR stem up to 32 px for the encoders; the autoencoders decide
-    their own (CIFAR-style up to 64 px) and the backbone section must follow them."""
+STEMS = ("auto", "cifar", "standard")
+
+
+def stem_overrides(recipe: str, image_size: int, stem: str = "auto") -> list[str]:
+    """The ResNet stem of a contender. ``auto``: what auto picks for the data (the CIFAR stem up to 32 px for the
+    encoders; the autoencoders decide their own, CIFAR-style up to 64 px, and the backbone section follows them).
+    ``cifar`` / ``standard`` force it on every contender that has a choice: on a CPU the CIFAR stem at 32 px costs
+    ~7x the standard stem's time per image, so a short budget gets a seventh of the steps. ViTs have no stem and
+    towers built with only the CIFAR stem (the context-patch AE's) keep it."""
+    from ..build import _takes
     from ..config import resolve
 
-    if resolve(recipe)["method"]["name"] == "denoising_ae":
-        return [f"backbone.cifar_stem={str(image_size <= 64).lower()}"]
-    return ["backbone.cifar_stem=auto"]
+    require(stem in STEMS, f"--stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    cfg = resolve(recipe)
+    if cfg["method"]["name"] == "denoising_ae":
+        cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
+        return [f"backbone.cifar_stem={str(cifar).lower()}"] + ([] if stem == "auto" else [f"method.cifar={str(cifar).lower()}"])
+    if stem == "auto" or _only_cifar_stem(cfg["backbone"].get("name")) or _takes(cfg["backbone"]["name"], "img_size"):
+        return ["backbone.cifar_stem=auto"]
+    return [f"backbone.cifar_stem={str(stem == 'cifar').lower()}"]
+
+
+def _only_cifar_stem(name: str | None) -> bool:
+    """Towers whose builder defaults to the CIFAR stem (the RR patch towers) are built for it: auto keeps it."""
+    import inspect
+
+    from ..backbones import backbone_builder
+
+    if not name:
+        return True
+    param = inspect.signature(backbone_builder(name)).parameters.get("cifar_stem")
+    return param is None or param.default is True
 
 
 def calibrate(c: Contender, scratch: Path) -> Contender:
@@ -273,7 +297,7 @@ def plan(names: list[str], dataset: Any, out: Path, request: dict[str, Any], bud
     contenders = []
     for name in names:
         overrides = [*shared_overrides(request["data"], request["seed"], []),
-                     *stem_overrides(FAMILIES[name], dataset.image_size), *extra]
+                     *stem_overrides(FAMILIES[name], dataset.image_size, request.get("stem", "auto")), *extra]
         c = Contender(name, FAMILIES[name], overrides,
                       batch_size=batch, steps_per_epoch=len(dataset.train.images) // batch)
         if budget_s is not None:
@@ -287,18 +311,20 @@ def plan(names: list[str], dataset: Any, out: Path, request: dict[str, Any], bud
 
 def run_compare(data: str, out: str | Path, *, eval_data: str | None = None, budget: str | None = None,
                 epochs: int | None = None, methods: list[str] | None = None, seed: int = 0, linear_epochs: int = 30,
-                overrides: list[str] | None = None) -> Path:
+                overrides: list[str] | None = None, stem: str = "auto") -> Path:
     """Plan, pretrain and score every contender (continuing a killed compare), then write the report."""
     require((budget is None) != (epochs is None), "give one of --budget (e.g. 20m) or --epochs N")
     require(epochs is None or epochs > 0, f"--epochs must be > 0, got {epochs}")
     budget_s = parse_budget(budget) if budget is not None else None
     pick_methods(methods, labelled=True)  # unknown names: one line before any data is read
+    require(stem in STEMS, f"--stem must be one of {', '.join(STEMS)}, got {stem!r}")
     out, extra = Path(out), list(overrides or [])
     out.mkdir(parents=True, exist_ok=True)
     dataset, scored = _data(data, eval_data, seed, extra)
     names = pick_methods(methods, dataset.num_classes > 0)
     request = {"data": data, "eval_data": eval_data, "budget_s": budget_s, "epochs": epochs, "methods": names,
-               "seed": seed, "linear_epochs": linear_epochs, "overrides": extra}
+               "seed": seed, "linear_epochs": linear_epochs, "overrides": extra,
+               **({"stem": stem} if stem != "auto" else {})}  # absent when auto: earlier plans still resume
     contenders = plan(names, dataset, out, request, budget_s, epochs, extra)
     results, failed = [], {}
     for i, c in enumerate(contenders, 1):

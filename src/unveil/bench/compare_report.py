@@ -35,6 +35,11 @@ def agreement(results: list[dict[str, Any]]) -> float | None:
     return kendall_tau([r["rankme"] for r in scored], [r["knn"] for r in scored])
 
 
+def _stem_note(request: dict[str, Any]) -> str:
+    stem = request.get("stem", "auto")
+    return "" if stem == "auto" else f" except the ResNet stem: {stem} on every contender that has a choice (--stem)"
+
+
 def to_markdown(request: dict[str, Any], results: list[dict[str, Any]], floors: dict[str, float],
                 figures: list[Path], out: Path, cpu: str) -> str:
     labelled = any(r.get("knn") is not None for r in results)
@@ -43,7 +48,7 @@ def to_markdown(request: dict[str, Any], results: list[dict[str, Any]], floors: 
               else f"{request['epochs']} epochs each")
     lines = [f"# unveil compare: {request['data']}", "",
              f"Every method on one budget ({budget}), the same data and seed {request['seed']}, the settings auto "
-             f"picks for the data; {cpu}. Updated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+             f"picks for the data{_stem_note(request)}; {cpu}. Updated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if labelled:
         lines += [f"Sorted by kNN (weighted, k=200, T=0.1; ± its standard error on the "
                   f"{rows[0]['test_images']} test images). In brackets: the same method's untrained encoder, same "
