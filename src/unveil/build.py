@@ -52,12 +52,7 @@ def backbone_config(backbone: dict[str, Any], image_size: int) -> tuple[dict[str
     if not name or "cifar_stem" not in spec:
         return spec, ""
     if stem == "auto":
-        import inspect
-
-        from .backbones import backbone_builder
-
-        param = inspect.signature(backbone_builder(name)).parameters.get("cifar_stem")
-        if param is not None and param.default is True:
+        if only_cifar_stem(name):
             spec["cifar_stem"] = True
             return spec, f"{name} has only the CIFAR stem"
         spec["cifar_stem"] = image_size <= CIFAR_STEM_MAX_SIZE
@@ -67,6 +62,16 @@ def backbone_config(backbone: dict[str, Any], image_size: int) -> tuple[dict[str
                "resolution at ~8x the compute")
         return spec, f"{name} with the {'CIFAR stem (3x3/1, no max-pool)' if stem else 'standard stem (7x7/2 + max-pool)'}, auto: {why}"
     return spec, f"{name} with the {'CIFAR' if stem else 'standard'} stem (backbone.cifar_stem={str(bool(stem)).lower()})"
+
+
+def only_cifar_stem(name: str) -> bool:
+    """Towers whose builder defaults to the CIFAR stem (the RR patch towers) are built for it: auto keeps it."""
+    import inspect
+
+    from .backbones import backbone_builder
+
+    param = inspect.signature(backbone_builder(name)).parameters.get("cifar_stem")
+    return param is not None and param.default is True
 
 
 def _takes(name: str, argument: str) -> bool:

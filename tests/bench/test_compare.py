@@ -176,17 +176,17 @@ def test_one_failing_method_is_recorded_and_the_others_still_report(tiny_folder,
 def test_stem_is_forced_only_where_a_contender_has_a_choice(stem, expected):
     """--stem reaches the ResNets and the overlay AE (encoder and decoder alike); a ViT has no stem and the
     context-patch tower is built for the CIFAR stem only, so both keep what auto gives them."""
+    from unveil.build import backbone_config
+    from unveil.config import resolve
+
     got = {name: compare.stem_overrides(compare.FAMILIES[name], 32, stem) for name in expected}
     assert got == expected
-    from unveil.config import resolve
     for name, extra in got.items():  # every contender still resolves and builds its backbone section
-        cfg = resolve(compare.FAMILIES[name], ["data.image_size=32", *extra])
-        from unveil.build import backbone_config
-        spec, _ = backbone_config(cfg["backbone"], 32)
+        spec, _ = backbone_config(resolve(compare.FAMILIES[name], ["data.image_size=32", *extra])["backbone"], 32)
         if name in ("simclr", "overlay") and stem != "auto":
             assert spec["cifar_stem"] is (stem == "cifar")
 
 
-def test_a_wrong_stem_is_one_line():
-    with pytest.raises(UserError, match="--stem must be one of auto, cifar, standard"):
-        compare.stem_overrides("simclr_cifar10", 32, "big")
+def test_a_wrong_stem_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--stem must be one of auto, cifar, standard"):  # before any data is read
+        compare.run_compare("no-such-data", tmp_path / "c", epochs=1, stem="big")

@@ -89,29 +89,17 @@ def stem_overrides(recipe: str, image_size: int, stem: str = "auto") -> list[str
     ``cifar`` / ``standard`` force it on every contender that has a choice: on a CPU the CIFAR stem at 32 px costs
     ~7x the standard stem's time per image, so a short budget gets a seventh of the steps. ViTs have no stem and
     towers built with only the CIFAR stem (the context-patch AE's) keep it."""
-    from ..build import _takes
+    from ..build import _takes, only_cifar_stem
     from ..config import resolve
 
-    require(stem in STEMS, f"--stem must be one of {', '.join(STEMS)}, got {stem!r}")
     cfg = resolve(recipe)
     if cfg["method"]["name"] == "denoising_ae":
         cifar = image_size <= 64 if stem == "auto" else stem == "cifar"
         return [f"backbone.cifar_stem={str(cifar).lower()}"] + ([] if stem == "auto" else [f"method.cifar={str(cifar).lower()}"])
-    if stem == "auto" or _only_cifar_stem(cfg["backbone"].get("name")) or _takes(cfg["backbone"]["name"], "img_size"):
+    name = cfg["backbone"]["name"]
+    if stem == "auto" or _takes(name, "img_size") or only_cifar_stem(name):
         return ["backbone.cifar_stem=auto"]
     return [f"backbone.cifar_stem={str(stem == 'cifar').lower()}"]
-
-
-def _only_cifar_stem(name: str | None) -> bool:
-    """Towers whose builder defaults to the CIFAR stem (the RR patch towers) are built for it: auto keeps it."""
-    import inspect
-
-    from ..backbones import backbone_builder
-
-    if not name:
-        return True
-    param = inspect.signature(backbone_builder(name)).parameters.get("cifar_stem")
-    return param is None or param.default is True
 
 
 def calibrate(c: Contender, scratch: Path) -> Contender:
