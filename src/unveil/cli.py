@@ -11,6 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from .commands.parser import OneLineParser
 from .errors import UserError
 
 COMMAND_MODULES = (
@@ -27,7 +28,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="unveil", description="Self-supervised representation learning by corruption."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..bench.spec import SCALES, available_suites, load_suite, plan_suite
 from ..errors import require
+from .parser import OneLineParser
 
 
-class _Intermixed(argparse.ArgumentParser):
+class _Intermixed(OneLineParser):
     """Lets overrides follow options (``unveil bench overlay --scale gpu train.epochs=20``),
     which plain argparse rejects once the positionals were consumed before the options."""
 
