@@ -220,3 +220,31 @@ def test_approach2_encodes_two_query_batches_not_three():
     d = method._inputs(images(), torch.Generator().manual_seed(4))
     method(images(), LABELS, torch.Generator().manual_seed(4))
     assert len(seen) == 2 and torch.equal(seen[0], d["x1"]) and torch.equal(seen[1], d["q_mixed"])
+
+
+@pytest.mark.parametrize("approach", [1, 2])
+def test_prime_fills_every_queue_with_the_keys_a_step_would_enqueue(approach):
+    """queue_init: data: the original, local (and Approach 1's global) queues start as the keys of the first
+    batches (losses.infonce.fill_from_data); random leaves MoCo's random unit vectors."""
+    method = tiny_mixdet(approach=approach, shuffle_bn=False)  # 64 keys, 8 a batch
+    queues = [method.queue, method.local_queue] + ([method.global_queue] if approach == 1 else [])
+    batches = [images(B, seed=s) for s in range(8)]
+    g = torch.Generator().manual_seed(2)
+    state = g.get_state()
+    method.prime(iter(batches), g)
+    assert all(int(q.ptr) == 0 for q in queues)
+    g.set_state(state)
+    expected: list[list[torch.Tensor]] = [[] for _ in queues]
+    with torch.no_grad():
+        for b in batches:
+            d = method._inputs(b, g)
+            k_local, k_global = method._key_local_global(d["k_mixed"], d["box_k"])
+            k = method.key_head(method.key_backbone(d["x2"]))
+            for rows, key in zip(expected, [k, k_local, k_global]):
+                rows.append(key)
+    for queue, rows in zip(queues, expected):
+        assert torch.allclose(queue.keys, F.normalize(torch.cat(rows), dim=1), atol=1e-5)
+    kept = tiny_mixdet(approach=approach, queue_init="random")
+    before = [q.keys.clone() for q in (kept.queue, kept.local_queue)]
+    kept.prime(iter(batches), torch.Generator().manual_seed(2))
+    assert all(torch.equal(q.keys, b) for q, b in zip((kept.queue, kept.local_queue), before))

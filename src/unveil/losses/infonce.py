@@ -11,6 +11,8 @@ MoCo code): DDP must not broadcast buffers over it, which a method says with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,7 +60,8 @@ class KeyQueue(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
+    def enqueue(self, keys: Tensor) -> int:
+        """Write ``keys`` (gathered from every rank) at the pointer; returns how many were written."""
         keys = dist.gather_no_grad(F.normalize(keys.detach().float(), dim=1))
         n = keys.shape[0]
         if n >= self.size:  # more keys than room: keep the newest
@@ -66,3 +69,22 @@ class KeyQueue(nn.Module):
         idx = (self.ptr + torch.arange(n, device=self.keys.device)) % self.size
         self.keys.index_copy_(0, idx, keys.to(self.keys.dtype))
         self.ptr.copy_((self.ptr + n) % self.size)
+        return n
+
+
+@torch.no_grad()
+def fill_from_data(batches: Iterable[Tensor], size: int, enqueue_batch: Callable[[Tensor], int]) -> None:
+    """Fill a ``size``-key queue with keys of real images before the first step: ``enqueue_batch(images)``
+    enqueues one batch's keys and returns how many it wrote; batches are drawn until ``size`` keys are in.
+
+    Why: a queue that starts as random unit vectors (MoCo's code) makes the first ``size / batch`` steps
+    contrast every query with negatives no image resembles, which the loss satisfies by aligning all
+    outputs; the queue then fills with near-identical keys. On 5,000 CIFAR-10 images at τ 0.1 MoCo never
+    left that state (queue keys' mean cosine 0.9999, loss at log(K + 1)); with a queue of real keys the
+    same run does not collapse (docs/results.md, "Learning parity, fifth session")."""
+    written, source = 0, iter(batches)
+    while written < size:
+        images = next(source, None)
+        if images is None:  # fewer batches than the queue needs: it keeps its random tail
+            return
+        written += enqueue_batch(images)

@@ -38,6 +38,13 @@ def check_moco_settings(momentum: float, queue_size: int, temperature: float, bn
     require(isinstance(symmetric, bool), f"method.symmetric must be true or false, got {symmetric!r}")
 
 
+def check_queue_init(value: object) -> str:
+    """``data`` (unveil's default: the queue starts as keys of real images) or ``random`` (MoCo's code)."""
+    require(value in ("data", "random"), f"method.queue_init must be data (keys of the first training images) or "
+            f"random (MoCo's random unit vectors), got {value!r}")
+    return str(value)
+
+
 def check_batch_splits(batch: int, bn_splits: int) -> None:
     """Split BatchNorm needs the per-process batch to divide into its splits: say so in one line
     (SplitBatchNorm's own error would surface as a stack trace from inside the backbone)."""

@@ -9,6 +9,7 @@ monitors decide what to draw.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -84,6 +85,11 @@ class Method(nn.Module):
 
     def reset_targets(self) -> None:
         """Called after the engine loads initial weights: momentum targets restart equal to the online network."""
+
+    def prime(self, batches: Iterator[Tensor], generator: torch.Generator) -> None:
+        """Called once before the first step of a fresh run (never on resume: the state is in the checkpoint),
+        under no_grad and the run's precision, with the training batches: state that must start from data
+        rather than from random numbers fills here (MoCo's queue). Take only the batches needed."""
 
     # Optional abilities: a one-line error unless the method has its own.
     def embed_head(self, images: Tensor) -> Tensor:

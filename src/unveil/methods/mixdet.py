@@ -25,6 +25,7 @@ under no_grad (``key_projection: shared``, as the code) or an EMA copy of it (``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,13 +41,14 @@ from ..corruptions.mixing import (
     sample_lam,
 )
 from ..errors import require
-from ..losses.infonce import KeyQueue, info_nce
+from ..losses.infonce import KeyQueue, fill_from_data, info_nce
 from . import DataInfo, register
 from ._heads import moco_head
 from ._moco import (
     check_batch_splits,
     check_embed,
     check_moco_settings,
+    check_queue_init,
     embed_features,
     key_embed,
     make_key_encoder,
@@ -96,9 +98,10 @@ class MixDet(Method):
                  head: str = "linear", proj_dim: int = 128, proj_hidden_dim: int | None = None, momentum: float = 0.99,
                  queue_size: int = 4096, temperature: float = 0.1, bn_splits: int = 8, shuffle_bn: bool = True,
                  beta: float = 1.0, weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, embed: str = "backbone"):
+                 view_preset_name: str | None = None, embed: str = "backbone", queue_init: str = "data"):
         super().__init__()
         self.embed_from = check_embed(embed)
+        self.queue_init = check_queue_init(queue_init)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, False)
         require(approach in (1, 2) and not isinstance(approach, bool), f"method.approach must be 1 or 2, got {approach!r}")
         check_pairing(pairing, approach)
@@ -159,6 +162,23 @@ class MixDet(Method):
         _, fmap = self.key_backbone(x, return_map=True)
         proj = self.key_proj(fmap) if self.key_proj is not None else F.conv2d(fmap, self.proj.weight, self.proj.bias)
         return box_pool(proj, box, tuple(x.shape[-2:]))
+
+    @torch.no_grad()
+    def prime(self, batches: Iterator[Tensor], generator: torch.Generator) -> None:
+        """``queue_init: data``: every queue starts as the keys the training step would enqueue for the first
+        batches (``losses.infonce.fill_from_data`` says why); ``random``: the code's random unit vectors."""
+        if self.queue_init != "data":
+            return
+
+        def enqueue(images: Tensor) -> int:
+            d = self._inputs(images, generator)
+            k_local, k_global = self._key_local_global(d["k_mixed"], d["box_k"])
+            self.local_queue.enqueue(k_local)
+            if self.global_queue is not None:
+                self.global_queue.enqueue(k_global)
+            return self.queue.enqueue(key_embed(self.key_backbone, self.key_head, d["x2"], generator, self.shuffle_bn))
+
+        fill_from_data(batches, self.queue.size, enqueue)
 
     # -- training step ---------------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ the heads in ``_heads.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,13 +22,14 @@ from torch import Tensor, nn
 
 from ..corruptions.mixing import unmix
 from ..errors import require
-from ..losses.infonce import KeyQueue, info_nce
+from ..losses.infonce import KeyQueue, fill_from_data, info_nce
 from . import DataInfo, register
 from ._heads import in_fp32, moco_head
 from ._moco import (
     check_batch_splits,
     check_embed,
     check_moco_settings,
+    check_queue_init,
     embed_features,
     key_embed,
     make_key_encoder,
@@ -55,9 +57,11 @@ class MoCo(Method):
                  temperature: float = 0.1, symmetric: bool = False, bn_splits: int = 8, shuffle_bn: bool = True,
                  mix: str = "none", unmix_prob: float = 0.5, beta: float = 1.0, reverse_term: bool = True,
                  weight_decay_all: bool = True, views: dict[str, Any] | None = None,
-                 view_preset_name: str | None = None, embed: str = "backbone", fp32_heads: bool = False):
+                 view_preset_name: str | None = None, embed: str = "backbone", fp32_heads: bool = False,
+                 queue_init: str = "data"):
         super().__init__()
         self.embed_from = check_embed(embed)
+        self.queue_init = check_queue_init(queue_init)
         check_moco_settings(momentum, queue_size, temperature, bn_splits, shuffle_bn, symmetric)
         require(mix in ("none", "cutmix", "unmix"), f"method.mix must be none, cutmix or unmix, got {mix!r}")
         require(isinstance(unmix_prob, (int, float)) and 0 <= unmix_prob <= 1,
@@ -111,6 +115,14 @@ class MoCo(Method):
         if lam is not None:
             out["loss_mix"], out["lam"] = loss_mix.detach(), lam.detach()
         return out
+
+    @torch.no_grad()
+    def prime(self, batches: Iterator[Tensor], generator: torch.Generator) -> None:
+        """``queue_init: data``: the queue starts as keys of one view of the first training batches
+        (``losses.infonce.fill_from_data`` says why); ``random``: MoCo's random unit vectors."""
+        if self.queue_init == "data":
+            fill_from_data(batches, self.queue.size, lambda images: self.queue.enqueue(key_embed(
+                self.key_backbone, self._key_head, self.views(images, generator), generator, self.shuffle_bn)))
 
     def _query(self, x: Tensor) -> Tensor:
         features = self.backbone(x)

@@ -101,6 +101,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> Path:
     _restore(run)
     _announce(run)
     _untrained_baseline(run)
+    _prime(run)
     _loop(run)
     _finish(run)
     return run.run_dir
@@ -292,6 +293,17 @@ def _untrained_baseline(run: _Run) -> None:
     row = _monitor(run, epoch_index=0, epoch_s=None)
     if row is not None and "knn_top1" in row:
         run.logger.info(f"untrained encoder: kNN top-1 {row['knn_top1']:.1f} % (the baseline for every epoch below)")
+
+
+def _prime(run: _Run) -> None:
+    """A fresh run's method fills what must start from data (MoCo's queue) from epoch 0's batches, before
+    the first step, without gradients and in the run's precision; a resumed run has it in its checkpoint."""
+    if run.ckpt_state is not None or run.step != 0 or run.total_steps == 0:
+        return
+    run.model.train()
+    batches = (images for images, _ in run.batches.device_batches(0, 0, run.device, prefetch=0))
+    with torch.no_grad(), autocast(run.device, run.precision):
+        run.method.prime(batches, run.generator)
 
 
 def _monitor(run: _Run, epoch_index: int, epoch_s: float | None) -> dict[str, Any] | None:
