@@ -220,6 +220,10 @@ def test_a_moco_queue_longer_than_the_data_is_lowered_to_what_the_data_fills():
     assert fit_queue_to_data(method, 5_000, 256) == (method, "")  # fits: as the recipe says
     assert fit_queue_to_data(method, 100, 128)[0]["queue_size"] == 128  # at least one global batch
     assert fit_queue_to_data({"name": "simclr"}, 10, 8) == ({"name": "simclr"}, "")
+    # a config without queue_size (unveil pretrain --method moco) has the constructor's 4,096 keys: fitted too
+    for name in ("moco", "mixdet"):
+        lowered, note = fit_queue_to_data({"name": name}, 196, 64)
+        assert lowered == {"name": name, "queue_size": 192} and "lowered from 4096 to 192" in note
 
 
 @pytest.mark.slow

@@ -174,12 +174,21 @@ def fit_queue_to_data(method: dict[str, Any], n_images: int, global_batch: int) 
     ants-and-bees folder: 16 each). Lower it to the largest multiple of the global batch that the training
     set fills (at least one batch); a queue that fits is left as the recipe says. Like ``batch_size: auto``, the
     run's config.yaml keeps what the recipe says and the run's first line says what was used."""
-    size = method.get("queue_size")
+    size = method.get("queue_size", _constructor_default(method.get("name"), "queue_size"))
     if not isinstance(size, int) or isinstance(size, bool) or size <= n_images:
         return method, ""
     lowered = max(global_batch, n_images // global_batch * global_batch)
     return {**method, "queue_size": lowered}, (f"method.queue_size lowered from {size} to {lowered}: a queue longer "
                                                 f"than the {n_images} training images holds several keys of each image")
+
+
+def _constructor_default(method_name: Any, setting: str) -> Any:
+    """The default a registered method's constructor gives ``setting`` (None: no such method or setting): a config
+    that leaves ``method.queue_size`` out (``unveil pretrain --method moco``) still gets MoCo's 4,096 keys."""
+    if method_name not in method_registry.available():
+        return None
+    parameter = inspect.signature(method_registry.METHODS[method_name].__init__).parameters.get(setting)
+    return None if parameter is None else parameter.default
 
 
 def auto_batch_size(images_per_rank: int, accumulate_steps: int = 1, default: int = 256) -> tuple[int, str]:
