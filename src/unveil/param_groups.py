@@ -33,3 +33,12 @@ def default_param_groups(model: nn.Module, lr_scale: float = 1.0, prefix: str = 
         {"params": decay, "weight_decay": True, "lr_scale": lr_scale, "name": f"{prefix}decay"},
         {"params": no_decay, "weight_decay": False, "lr_scale": lr_scale, "name": f"{prefix}no_decay"},
     ]
+
+
+def decay_all_or_default(model: nn.Module, weight_decay_all: bool) -> list[dict[str, Any]]:
+    """``weight_decay_all``: one group, weight decay on every trainable parameter, BN and biases included
+    (MoCo's, mix-ssl's and lightly's benchmark code pass ``model.parameters()`` to SGD with weight decay);
+    else ``default_param_groups`` (norms and biases exempt)."""
+    if not weight_decay_all:
+        return default_param_groups(model)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]

@@ -196,3 +196,17 @@ def test_fp32_heads_keep_the_heads_in_float32_under_bf16_autocast():
     plain = tiny_byol(fp32_heads=False).train()
     # outside autocast the setting changes nothing: the same loss, bit for bit
     assert torch.equal(full._predict(x), plain._predict(x)) and torch.equal(full._target(x), plain._target(x))
+
+
+def test_weight_decay_all_puts_every_trainable_parameter_in_one_decayed_group():
+    """lightly's CIFAR-10 benchmark passes ``model.parameters()`` to SGD with weight decay (BN and biases
+    decayed too); the default groups exempt 1-d parameters, as solo-learn's ``exclude_bias_n_norm``."""
+    train = resolve(None, ["train.optimizer=sgd", "train.weight_decay=5e-4"])["train"]
+    online = [p for p in tiny_byol().parameters() if p.requires_grad]
+    default = build_optimizer(tiny_byol(), train, lr=0.1).param_groups
+    assert [g["weight_decay"] for g in default] == [5e-4, 0.0]
+    assert any(p.ndim == 1 for p in default[1]["params"])  # norms and biases exempt by default
+    (group,) = build_optimizer(tiny_byol(weight_decay_all=True), train, lr=0.1).param_groups
+    assert group["weight_decay"] == 5e-4 and len(group["params"]) == len(online)
+    with pytest.raises(Exception, match="weight_decay_all must be true or false"):
+        tiny_byol(weight_decay_all="yes")

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from .. import dist
 from ..backbones.split_bn import split_batchnorm
 from ..errors import require
-from ..param_groups import default_param_groups
 from ..views import ViewPipeline, default_preset_for, eval_transform, view_preset
 from . import DataInfo
 from ._siamese import momentum_copy
@@ -72,15 +71,6 @@ def key_embed(key_backbone: nn.Module, key_head: nn.Module, x: Tensor, generator
         return key_head(key_backbone(x))
     shuffled, unshuffle = dist.shuffle_batch(x, generator)
     return dist.unshuffle_batch(key_head(key_backbone(shuffled)), unshuffle)
-
-
-def moco_param_groups(module: nn.Module, weight_decay_all: bool) -> list[dict[str, Any]]:
-    """``weight_decay_all``: one group, weight decay on every trainable parameter (the MoCo / mix-ssl
-    code passes ``model.parameters()`` to SGD with weight_decay; BN and biases included); else the
-    library's default groups (norms, biases exempt)."""
-    if not weight_decay_all:
-        return default_param_groups(module)
-    return [{"params": [p for p in module.parameters() if p.requires_grad], "weight_decay": True, "name": "all"}]
 
 
 def embed_features(backbone: nn.Module, head: nn.Module, data_info: DataInfo, images: Tensor, which: str) -> Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses.byol import byol_loss
+from ..param_groups import decay_all_or_default
 from ..views import ViewPipeline, eval_transform, view_pair
 from . import DataInfo, register
 from ._heads import in_fp32, mlp
@@ -54,7 +55,7 @@ class BYOL(Method):
                  pred_hidden_dim: int = 4096, base_momentum: float = 0.996, end_momentum: float = 1.0,
                  symmetric: bool = True, views: dict[str, Any] | None = None, view_preset_name: str = "byol",
                  views_2: dict[str, Any] | None = None, masking: dict[str, Any] | None = None,
-                 fp32_heads: bool = True):
+                 fp32_heads: bool = True, weight_decay_all: bool = False):
         super().__init__()
         from ..errors import require
 
@@ -65,6 +66,8 @@ class BYOL(Method):
         self.data_info = data_info
         self.symmetric = symmetric
         self.fp32_heads = bool(fp32_heads)
+        require(isinstance(weight_decay_all, bool), f"byol: weight_decay_all must be true or false, got {weight_decay_all!r}")
+        self.weight_decay_all = weight_decay_all
         self.base_momentum, self.end_momentum = float(base_momentum), float(end_momentum)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)
@@ -99,6 +102,10 @@ class BYOL(Method):
             pa, tb = per_batch(self._predict, xa, k), per_batch(self._target, xb, k)
             loss = mean_over_pairs(byol_loss, (pa,), (tb,), k)
         return {"loss": loss}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``weight_decay_all``: lightly's CIFAR-10 benchmark decays every parameter (BN and biases too)."""
+        return decay_all_or_default(self, self.weight_decay_all)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         return cosine_momentum(step, total_steps, self.base_momentum, self.end_momentum)

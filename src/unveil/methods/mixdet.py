@@ -42,6 +42,7 @@ from ..corruptions.mixing import (
 )
 from ..errors import require
 from ..losses.infonce import KeyQueue, fill_from_data, info_nce
+from ..param_groups import decay_all_or_default
 from . import DataInfo, register
 from ._heads import moco_head
 from ._moco import (
@@ -52,7 +53,6 @@ from ._moco import (
     embed_features,
     key_embed,
     make_key_encoder,
-    moco_param_groups,
     moco_views,
 )
 from ._siamese import copy_pairs_, ema_update_pairs_, momentum_copy
@@ -235,7 +235,7 @@ class MixDet(Method):
         copy_pairs_(self.momentum_pairs())
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return moco_param_groups(self, self.weight_decay_all)
+        return decay_all_or_default(self, self.weight_decay_all)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..corruptions.mixing import unmix
 from ..errors import require
 from ..losses.infonce import KeyQueue, fill_from_data, info_nce
+from ..param_groups import decay_all_or_default
 from . import DataInfo, register
 from ._heads import in_fp32, moco_head
 from ._moco import (
@@ -33,7 +34,6 @@ from ._moco import (
     embed_features,
     key_embed,
     make_key_encoder,
-    moco_param_groups,
     moco_views,
 )
 from ._siamese import copy_pairs_, ema_update_pairs_
@@ -150,7 +150,7 @@ class MoCo(Method):
         copy_pairs_(self.momentum_pairs())
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return moco_param_groups(self, self.weight_decay_all)
+        return decay_all_or_default(self, self.weight_decay_all)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
