@@ -10,7 +10,8 @@ drawn once by unveil's view pipeline from real CIFAR-10 images; only the step is
   ``engine.train_step`` + ``after_optimizer_step`` each step, as ``engine._loop``), with the
   method's view pipeline replaced by a stub that hands out the pre-made views. MoCo v2 =
   ``mocov2_cifar10`` with ``bn_splits=1 shuffle_bn=false`` (lightly's example has neither);
-  BYOL = ``byol_cifar10`` with SGD (lightly's example optimizer) instead of LARS.
+  BYOL = ``byol_cifar10_solo`` (solo-learn's recipe; ``byol_cifar10`` before 2026-12-04) with SGD (lightly's
+  example optimizer) instead of LARS.
 * ``lightly moco``: lightly's MoCo example: ``MoCoProjectionHead(512, 512, 128)`` (unveil's v2
   head sizes since issue 17; the 2026-11-30 figures were taken with 2048-wide heads on both sides), momentum copies with ``deactivate_requires_grad``, ``update_momentum(m=0.99)``,
   ``NTXentLoss(temperature=0.2, memory_bank_size=(4096, 128))`` (its ``MemoryBankModule`` queue).
@@ -61,7 +62,7 @@ from unveil.data import load_data  # noqa: E402
 SGD = {"lr": 0.06, "momentum": 0.9, "weight_decay": 5e-4}
 MATCHED = {  # the unveil side of "compare": recipe + the settings that match lightly's examples
     "moco": ("mocov2_cifar10", ["method.bn_splits=1", "method.shuffle_bn=false"]),
-    "byol": ("byol_cifar10", ["train.optimizer=sgd", "train.lr=0.06", "train.scale_lr=false", "train.momentum=0.9",
+    "byol": ("byol_cifar10_solo", ["train.optimizer=sgd", "train.lr=0.06", "train.scale_lr=false", "train.momentum=0.9",
                               "train.weight_decay=5e-4", "train.warmup_epochs=0"]),
 }
 OVERHEAD = [  # (contender, recipe, baseline contender)

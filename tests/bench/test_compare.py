@@ -56,11 +56,11 @@ def test_the_plan_gives_each_method_the_steps_its_step_time_allows(tmp_path, mon
 
 
 def test_the_schedule_ends_at_the_planned_step_with_its_warm_up_inside():
-    c = compare.Contender("byol", "byol_cifar10", ["data.image_size=32"], step_s=1.0, steps=57, batch_size=256,
+    c = compare.Contender("byol", "byol_cifar10_solo", ["data.image_size=32"], step_s=1.0, steps=57, batch_size=256,
                           steps_per_epoch=19)
     cfg = compare.pretrain_config(c, Path("/tmp/nowhere"))
     assert cfg["train"]["max_steps"] == 57 and cfg["train"]["epochs"] == 3
-    assert cfg["train"]["warmup_epochs"] == pytest.approx(0.3)  # byol_cifar10's 10 epochs cut to a tenth of the run
+    assert cfg["train"]["warmup_epochs"] == pytest.approx(0.3)  # byol_cifar10_solo's 10 epochs cut to a tenth of the run
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -208,12 +208,12 @@ def test_export_and_finetune_carry_the_filter(tiny_folder, tmp_path, monkeypatch
     assert tuned.input_filter == cfg["method"]["input_filter"]
 
 
-MSCN_RECIPES = [r for r in available_recipes() if r.startswith("mscn_") or r == "byol_cifar10"]
+MSCN_RECIPES = [r for r in available_recipes() if r.startswith(("mscn_", "byol_cifar10"))]
 
 
 def test_the_trajectory_is_shipped():
     steps = ["1_naive", "2_highpass", "3_focal", "4_noise", "5_channel", "6_asym", "7_multimask"]
-    expected = {f"mscn_{fw}_{s}" for fw in ("simclr", "byol") for s in steps} | {"mscn_simclr_same_view", "byol_cifar10"}
+    expected = {f"mscn_{fw}_{s}" for fw in ("simclr", "byol") for s in steps} | {"mscn_simclr_same_view", "byol_cifar10", "byol_cifar10_solo"}
     assert expected <= set(MSCN_RECIPES)
 
 

@@ -36,7 +36,7 @@ def test_shipped_trajectory_is_cumulative():
     assert m["branch_a"] == {"p_apply": 1.0, "p_focal": 0.4, "p_ind": 0.8, "noise_std": 0.18, "ratio": 0.15,
                              "grid_cells": 7, "focal_scale": [0.05, 0.3]}
     assert m["branch_b"]["p_apply"] == 0.5 and m["branch_b"]["noise_std"] == 0.14
-    assert resolve("mscn_byol_7_multimask")["train"]["optimizer"] == "lars"  # byol_cifar10 underneath
+    assert resolve("mscn_byol_7_multimask")["train"]["optimizer"] == "lars"  # byol_cifar10_solo underneath
 
 
 def test_the_merged_recipe_is_what_the_built_method_uses():

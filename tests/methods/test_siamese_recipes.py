@@ -1,6 +1,6 @@
-"""The siamese recipes against their sources (issue #17): simclr_cifar10 = lightly's CIFAR-10
-benchmark, byol_cifar10 = solo-learn's CIFAR BYOL (views checked against lightly's BYOL transforms,
-which match it), and the masked siamese trajectory mscn_{simclr,byol}_{1..7} following paper 4's
+"""The siamese recipes against their sources (issue #17): simclr_cifar10 and byol_cifar10 = lightly's
+CIFAR-10 benchmark, byol_cifar10_solo = solo-learn's CIFAR BYOL (views checked against lightly's BYOL
+transforms, which match it), and the masked siamese trajectory mscn_{simclr,byol}_{1..7} following paper 4's
 path (§4.3-4.5, Figure 1)."""
 
 from __future__ import annotations
@@ -119,11 +119,38 @@ def test_simclr_cifar10_is_lightlys_cifar10_benchmark():
     assert close(ours(method.views.cfg), {**lightly_view(ref), "solarize_p": 0.0})
 
 
-# --- byol_cifar10: solo-learn's CIFAR BYOL (scripts/pretrain/cifar/byol.yaml, augmentations/asymmetric.yaml)
+# --- byol_cifar10: lightly's CIFAR-10 benchmark (BYOLModel), at unveil's loss scale
 
 
-def test_byol_cifar10_is_solo_learns_cifar_byol():
+def test_byol_cifar10_is_lightlys_cifar10_benchmark_at_unveils_loss_scale():
+    """lightly: heads 512-1024-256 / 256-1024-256, momentum 0.99 constant, SGD 6e-2 x batch/128, momentum 0.9,
+    wd 5e-4 on every parameter, per-epoch cosine, no warm-up, 200 epochs at batch 512. unveil's loss (2 - 2cos
+    summed over both directions) has 4x the gradient of lightly's 0.5 * (-cos - cos) (test_parity_lightly), so
+    the same SGD update is lr / 4 and wd x 4."""
     cfg = resolve("byol_cifar10")
+    m, t = cfg["method"], cfg["train"]
+    assert (m["proj_hidden_dim"], m["proj_dim"], m["pred_hidden_dim"]) == (1024, 256, 1024)
+    assert (m["base_momentum"], m["end_momentum"], m["weight_decay_all"]) == (0.99, 0.99, True)
+    assert (t["optimizer"], t["batch_size"], t["epochs"], t["scale_lr"], t["momentum"]) == ("sgd", 512, 200, True, 0.9)
+    lightly_lr_per_256, lightly_wd, grad_ratio = 6e-2 * 256 / 128, 5e-4, 4
+    assert t["lr"] * grad_ratio == pytest.approx(lightly_lr_per_256)  # the same step lr * g ...
+    assert t["lr"] * t["weight_decay"] == pytest.approx(lightly_lr_per_256 * lightly_wd)  # ... and lr * wd * w
+    assert (t["warmup_epochs"], t["schedule"], t["min_lr"]) == (0, "cosine_epoch", 0.0)  # CosineAnnealingLR per epoch
+    method = built("byol_cifar10")
+    assert method.momentum_at(0, 100) == method.momentum_at(100, 100) == pytest.approx(0.99)
+    (group,) = method.param_groups()
+    assert len(group["params"]) == len([p for p in method.parameters() if p.requires_grad])
+    lightly_transforms = pytest.importorskip("lightly.transforms")
+    v1 = lightly_view(lightly_transforms.BYOLView1Transform(input_size=32, gaussian_blur=0.0).transform)
+    v2 = lightly_view(lightly_transforms.BYOLView2Transform(input_size=32, gaussian_blur=0.0).transform)
+    assert close(ours(method.views.cfg), v1) and close(ours(method.views_2.cfg), v2)
+
+
+# --- byol_cifar10_solo: solo-learn's CIFAR BYOL (scripts/pretrain/cifar/byol.yaml, augmentations/asymmetric.yaml)
+
+
+def test_byol_cifar10_solo_is_solo_learns_cifar_byol():
+    cfg = resolve("byol_cifar10_solo")
     m, t = cfg["method"], cfg["train"]
     assert (m["proj_hidden_dim"], m["proj_dim"], m["pred_hidden_dim"]) == (4096, 256, 4096)
     assert (m["base_momentum"], m["end_momentum"]) == (0.99, 1.0)  # momentum.base_tau / final_tau
@@ -134,7 +161,7 @@ def test_byol_cifar10_is_solo_learns_cifar_byol():
         1e-5,
     )  # eta, clip_lr
     assert (t["warmup_epochs"], t["schedule"], t["min_lr"]) == (10, "cosine", 0.0)  # warmup_cosine's defaults
-    method = built("byol_cifar10")
+    method = built("byol_cifar10_solo")
     assert method.momentum_at(0, 100) == pytest.approx(0.99) and method.momentum_at(100, 100) == 1.0
     lightly_transforms = pytest.importorskip("lightly.transforms")
     # lightly's CIFAR-10 benchmark builds BYOL's views as BYOLView{1,2}Transform(input_size=32,
@@ -157,7 +184,7 @@ def _view_cfgs(method) -> list:
 def test_trajectory_follows_the_papers_path(fw):
     """1 mask-only on ONE crop | 2 + high-pass | 3 + focal + different crops | 4 + noise | 5 + channel-wise +
     jitter/grayscale (+ blur: off at 32 px, as the base recipe) | 6 + asymmetry | 7 + multimasks."""
-    base = built(f"{fw}_cifar10")
+    base = built("simclr_cifar10" if fw == "simclr" else "byol_cifar10_solo")  # the trajectory's base recipes
     standard = base.views.cfg
     for i, step in enumerate(STEPS, 1):
         method = built(f"mscn_{fw}_{step}")
