@@ -27,9 +27,9 @@ COMMON = ["data.subset=2000", "data.test_subset=1000", "train.batch_size=128", "
 
 CASES = {
     # ResNet-20 (RR's small CIFAR tower), 1,000 images at batch 64, 8 epochs = 120 steps, fp32, the queue lowered
-    # to 960 keys (the engine fits it to the data): 22.4 -> 25.0 (+2.6; +4.4 with 4,096 keys, seed 1 +2.1) in ~90 s
-    # at one thread, against 151 s and +3.2 for 2,000 images at batch 128 (2026-12-04, 2-core AMD EPYC beside
-    # another job); 4 epochs of 2,000 gave only +1.3, too close to noise
+    # to 192 keys (the engine keeps it within a quarter of the data): 22.4 -> 27.4 (+5.0; with 960 keys +2.6, with
+    # 4,096 +4.4, seed 1 +2.1) in ~90 s at one thread, against 151 s and +3.2 for 2,000 images at batch 128
+    # (2026-12-04, 2-core AMD EPYC beside another job); 4 epochs of 2,000 gave only +1.3, too close to noise
     "moco_unmix_cifar10": (["backbone.name=rr_resnet20", "train.epochs=8", "train.monitor_every_epochs=8",
                             "data.subset=1000", "train.batch_size=64"], 1.5),
     # ResNet-18 standard stem, 3 epochs = 45 steps, fp32: 18.0 -> 24.5 (+6.5; 87 s at one thread, 2026-12-03) with

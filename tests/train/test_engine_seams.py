@@ -210,19 +210,23 @@ def test_auto_batch_fits_small_folders():
     assert auto_batch_size(77)[0] == 32 and auto_batch_size(3, accumulate_steps=2)[0] == 2
 
 
-def test_a_moco_queue_longer_than_the_data_is_lowered_to_what_the_data_fills():
-    from unveil.train.engine import fit_queue_to_data
+def test_a_moco_queue_holding_over_a_quarter_of_the_data_is_lowered():
+    from unveil.train.engine import QUEUE_DATA_SHARE, fit_queue_to_data
 
+    assert QUEUE_DATA_SHARE == 0.25
     method = {"name": "moco", "queue_size": 4096}
     lowered, note = fit_queue_to_data(method, 245, 64)  # the ants-and-bees folder: 16 keys of each photo
-    assert lowered == {"name": "moco", "queue_size": 192} and "lowered from 4096 to 192" in note and "245" in note
+    assert lowered == {"name": "moco", "queue_size": 64} and "lowered from 4096 to 64" in note and "245" in note
     assert method["queue_size"] == 4096  # the recipe's dict is not changed in place
-    assert fit_queue_to_data(method, 5_000, 256) == (method, "")  # fits: as the recipe says
+    # the 5,000-image CIFAR-10 subset: 4,096 keys (82 %) -> 1,024 (20 %), where MixDet stopped collapsing
+    assert fit_queue_to_data(method, 5_000, 256)[0]["queue_size"] == 1024
+    assert fit_queue_to_data(method, 50_000, 512) == (method, "")  # CIFAR-10: 8 %, as the recipe says
     assert fit_queue_to_data(method, 100, 128)[0]["queue_size"] == 128  # at least one global batch
+    assert fit_queue_to_data({"name": "moco", "queue_size": 96}, 100, 128) == ({"name": "moco", "queue_size": 96}, "")
     assert fit_queue_to_data({"name": "simclr"}, 10, 8) == ({"name": "simclr"}, "")
     # a config without queue_size (unveil pretrain --method moco) has the constructor's 4,096 keys: fitted too
     for name in ("moco", "mixdet"):
-        lowered, note = fit_queue_to_data({"name": name}, 196, 64)
+        lowered, note = fit_queue_to_data({"name": name}, 1_000, 64)
         assert lowered == {"name": name, "queue_size": 192} and "lowered from 4096 to 192" in note
 
 
