@@ -40,9 +40,9 @@ RESNET_SMALL = ["backbone.cifar_stem=false"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    # 72 training images: the engine fits MoCo's queue to the data (64 keys here), so one step's 16 keys fill a
-    # quarter of it and the test sees them written at the pointer with the rest left as they were
-    return ref.make_folder(tmp_path_factory.mktemp("parity") / "images", n_per_class=48)
+    # 144 training images: the engine keeps MoCo's queue within a quarter of the data (32 keys here), so one step's
+    # 16 keys fill half of it and the test sees them written at the pointer with the rest left as they were
+    return ref.make_folder(tmp_path_factory.mktemp("parity") / "images", n_per_class=96)
 
 
 @pytest.fixture(autouse=True)
