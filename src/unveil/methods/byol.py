@@ -66,8 +66,7 @@ class BYOL(Method):
         self.data_info = data_info
         self.symmetric = symmetric
         self.fp32_heads = bool(fp32_heads)
-        require(isinstance(weight_decay_all, bool), f"byol: weight_decay_all must be true or false, got {weight_decay_all!r}")
-        self.weight_decay_all = weight_decay_all
+        self.weight_decay_all = weight_decay_all  # type checked by methods.settings before construction
         self.base_momentum, self.end_momentum = float(base_momentum), float(end_momentum)
         self.projector = mlp(backbone.num_features, proj_hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, pred_hidden_dim, proj_dim)

@@ -39,6 +39,12 @@ def settings_of(method_cls: type) -> type:
     return dataclasses.make_dataclass(f"{method_cls.__name__}Settings", fields, frozen=True)
 
 
+def setting_default(method_cls: type, name: str) -> Any:
+    """The default the method's constructor gives setting ``name`` (None: no such setting, or no default)."""
+    field = next((f for f in dataclasses.fields(settings_of(method_cls)) if f.name == name), None)
+    return None if field is None or field.default is dataclasses.MISSING else field.default
+
+
 def check_settings(name: str, method_cls: type, given: dict[str, Any]) -> None:
     """One line for the first unknown, mistyped or out-of-range ``method.*`` setting; nothing when all fit."""
     fields = {f.name: f for f in dataclasses.fields(settings_of(method_cls))}

@@ -29,6 +29,7 @@ from .. import methods as method_registry
 from ..build import backbone_config, data_info_of, load_dataset_for
 from ..config import save_resolved
 from ..errors import UserError, require
+from ..methods.settings import setting_default
 from ..optim import build_optimizer, lr_at, set_lr
 from ..precision import autocast, configure_kernels, pick_device, pick_precision
 from ..runs.checkpoint import CKPT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
@@ -197,8 +198,7 @@ def _constructor_default(method_name: Any, setting: str) -> Any:
     that leaves ``method.queue_size`` out (``unveil pretrain --method moco``) still gets MoCo's 4,096 keys."""
     if method_name not in method_registry.available():
         return None
-    parameter = inspect.signature(method_registry.METHODS[method_name].__init__).parameters.get(setting)
-    return None if parameter is None else parameter.default
+    return setting_default(method_registry.METHODS[method_name], setting)
 
 
 def auto_batch_size(images_per_rank: int, accumulate_steps: int = 1, default: int = 256) -> tuple[int, str]:
