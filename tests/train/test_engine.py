@@ -79,7 +79,7 @@ def test_nan_loss_is_one_clear_line(tiny_folder, tmp_path, capsys):
     (["--method", "nosuch"], "unknown method 'nosuch'"),
     (["--epochs", "-1"], "train.epochs must be a non-negative integer"),
     (["train.nosuch=1"], "unknown setting 'train.nosuch'"),
-    (["train.batch_size=4096"], "larger than the"),
+    (["train.batch_size=4096"], "train.batch_size=auto fits it to the data"),
     (["train.optimizer=rmsprop"], "train.optimizer must be one of"),
 ])
 def test_bad_options_give_one_line(tiny_folder, tmp_path, capsys, args, needle):

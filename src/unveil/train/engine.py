@@ -160,7 +160,7 @@ def _load_data(run: _Run) -> None:
         run.batch_size = batch
     require(n >= run.batch_size * run.world,
             f"train.batch_size={run.batch_size} x {run.world} process(es) is larger than the {n} training images: "
-            "lower train.batch_size or use more data")
+            "lower it (train.batch_size=auto fits it to the data) or use more data")
     require(run.batch_size % run.t["accumulate_steps"] == 0,
             f"batch {run.batch_size} is not a multiple of train.accumulate_steps={run.t['accumulate_steps']}")
     run.labelled = has_labels(run.dataset)
