@@ -77,6 +77,7 @@ def test_nan_loss_is_one_clear_line(tiny_folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["--method", "nosuch"], "unknown method 'nosuch'"),
+    (["--method", "mocov2"], "use --recipe mocov2_cifar10"),
     (["--epochs", "-1"], "train.epochs must be a non-negative integer"),
     (["train.nosuch=1"], "unknown setting 'train.nosuch'"),
     (["train.batch_size=4096"], "train.batch_size=auto fits it to the data"),
