@@ -41,14 +41,15 @@ def _method_recipe(name: str | None) -> str | None:
     (``default_recipe``: MAE's ViT, decoder and AdamW rather than the ResNet/SGD defaults)."""
     from .. import methods
 
-    if name and name not in methods.available():
+    if not name:
+        return None
+    if name not in methods.available():
         from ..bench.compare import FAMILIES
 
         recipe = FAMILIES.get(name)  # a name read off a compare report ('mocov2', 'unmix') names a recipe
         require(recipe is None, f"unknown method '{name}': it is the name unveil compare gives the recipe {recipe}: "
                 f"use --recipe {recipe} (methods: {', '.join(methods.available())})")
-    if not name or name not in methods.available():
-        return None  # an unknown name gets its one line from the method registry
+        return None  # any other unknown name gets its one line from the method registry
     recipe = methods.METHODS[name].default_recipe
     if recipe:
         print(f"unveil: --method {name} without --recipe: starting from the recipe {recipe} (its backbone, optimizer "
